@@ -1,0 +1,163 @@
+"""Shared fixtures: one URL per database, found through environment variables.
+
+Servers are found through ``SQLPERF_TEST_POSTGRES_URL``,
+``SQLPERF_TEST_POSTGRES_REPLICA_URL``, ``SQLPERF_TEST_MYSQL_URL`` and
+``SQLPERF_TEST_REDIS_URL``, each defaulting to the loopback service. A server
+that does not answer skips its tests with the reason, or fails them when
+``SQLPERF_REQUIRE_SERVICES=1`` (CI sets it).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from functools import cache
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.pool import NullPool
+
+from sqlperf import create_optimized_engine, safe_url
+
+URLS = {
+    "postgresql": os.environ.get(
+        "SQLPERF_TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
+    ),
+    "replica": os.environ.get(
+        "SQLPERF_TEST_POSTGRES_REPLICA_URL", "postgresql+psycopg2://postgres@127.0.0.1:5433/test"
+    ),
+    "mysql": os.environ.get("SQLPERF_TEST_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/test"),
+    "redis": os.environ.get("SQLPERF_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"),
+}
+REQUIRE_SERVICES = os.environ.get("SQLPERF_REQUIRE_SERVICES", "") not in ("", "0", "false")
+
+#: Every dialect the parametrized fixtures run on.
+DIALECTS = ["sqlite-file", "sqlite-memory", "postgresql", "mysql"]
+
+
+@cache
+def _probe(name: str) -> str | None:
+    """Return the server version of service ``name``, or None if it is unreachable."""
+    url = URLS[name]
+    try:
+        if name == "redis":
+            import redis
+
+            client = redis.Redis.from_url(url, socket_connect_timeout=2)
+            try:
+                return f"Redis {client.info('server')['redis_version']}"
+            finally:
+                client.close()
+        engine = create_engine(url, poolclass=NullPool, connect_args={"connect_timeout": 3})
+        try:
+            with engine.connect() as conn:
+                version = conn.execute(text("SELECT version()")).scalar_one()
+                if (
+                    name == "replica"
+                    and not conn.execute(text("SELECT pg_is_in_recovery()")).scalar_one()
+                ):
+                    return None
+                return str(version).split(" on ")[0]
+        finally:
+            engine.dispose()
+    except Exception:
+        return None
+
+
+def require(name: str) -> str:
+    """Return the URL of service ``name``; skip (or fail in CI) if it is down."""
+    if _probe(name) is None:
+        reason = f"{name} is not reachable at {safe_url(URLS[name])}"
+        if name == "replica":
+            reason += " (or is not a streaming replica; run scripts/pg-replica.sh)"
+        if REQUIRE_SERVICES:
+            pytest.fail(f"SQLPERF_REQUIRE_SERVICES=1 but {reason}")
+        pytest.skip(reason)
+    return URLS[name]
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    lines = []
+    for name, url in URLS.items():
+        version = _probe(name)
+        lines.append(f"sqlperf {name}: {version or 'unreachable'} ({safe_url(url)})")
+    return lines
+
+
+@pytest.fixture
+def postgres_url() -> str:
+    return require("postgresql")
+
+
+@pytest.fixture
+def replica_url() -> str:
+    return require("replica")
+
+
+@pytest.fixture
+def mysql_url() -> str:
+    return require("mysql")
+
+
+@pytest.fixture
+def redis_url() -> str:
+    return require("redis")
+
+
+@pytest.fixture
+def sqlite_file_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'test.db'}"
+
+
+@pytest.fixture
+def sqlite_memory_url() -> str:
+    return "sqlite://"
+
+
+@pytest.fixture(params=DIALECTS)
+def any_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A URL for each dialect sqlperf supports (SQLite file and memory, PostgreSQL, MariaDB)."""
+    kind: str = request.param
+    if kind == "sqlite-file":
+        return f"sqlite:///{tmp_path / 'test.db'}"
+    if kind == "sqlite-memory":
+        return "sqlite://"
+    return require(kind)
+
+
+@pytest.fixture(params=["postgresql", "mysql"])
+def server_url(request: pytest.FixtureRequest) -> str:
+    """A URL for each database server (PostgreSQL, MariaDB)."""
+    return require(request.param)
+
+
+@pytest.fixture
+def make_engine() -> Iterator[Callable[..., Engine]]:
+    """Build engines with ``create_optimized_engine``; all are disposed at teardown."""
+    made: list[Engine] = []
+
+    def make(url: str, **kwargs: object) -> Engine:
+        engine = create_optimized_engine(url, **kwargs)  # type: ignore[arg-type]
+        made.append(engine)
+        return engine
+
+    yield make
+    for engine in made:
+        engine.dispose()
+
+
+@pytest.fixture
+def engine(any_url: str, make_engine: Callable[..., Engine]) -> Engine:
+    """A sqlperf engine on each dialect."""
+    return make_engine(any_url)
+
+
+@pytest.fixture
+def table_name(engine: Engine) -> Iterator[str]:
+    """A unique table name on ``engine``'s database, dropped at teardown."""
+    name = f"sqlperf_t_{uuid.uuid4().hex[:10]}"
+    yield name
+    with engine.begin() as conn:
+        conn.execute(text(f"DROP TABLE IF EXISTS {name}"))
