@@ -1,0 +1,20 @@
+"""Each benchmark runs at a tiny size, so it cannot rot. No timing is asserted here."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from benchmarks import bench_engine
+
+
+def test_bench_engine_runs(server_url: str, tmp_path: Path):
+    out = tmp_path / "bench_engine.json"
+    argv = ["--url", server_url, "--threads", "2", "--seconds", "0.05", "--rounds", "1"]
+    assert bench_engine.main([*argv, "--checkouts", "20", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    (result,) = data["results"]
+    assert set(result["throughput_qps"]) == {v.name for v in bench_engine.VARIANTS}
+    assert all(q > 0 for q in result["throughput_qps"].values())
+    assert result["checkout_vs_no_check"]["sqlalchemy defaults"] == 1.0
+    assert result["kill_recovered"] is True
