@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,8 +37,6 @@ _WORKLOADS: tuple[str, ...] = get_args(Workload)
 #: dialects get the pool tuning and the liveness check only.
 _TUNED_DRIVERS = {"postgresql": "psycopg2", "mysql": "pymysql", "mariadb": "pymysql"}
 _EXTRAS = {"psycopg2": "postgres", "pymysql": "mysql"}
-
-_PASSWORD_IN_URL = re.compile(r"(://[^:/@]*:)[^@]*@")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -138,7 +135,16 @@ def safe_url(url: str | URL) -> str:
     """
     if isinstance(url, URL):
         return url.render_as_string(hide_password=True)
-    return _PASSWORD_IN_URL.sub(r"\1***@", url)
+    head, at, tail = url.rpartition("@")
+    if not at:
+        return url
+    # The user info starts after the scheme ("name:" or "name://"); a password is
+    # whatever follows the first ":" inside it, whether or not the URL parses.
+    scheme_end = head.find("://") + 3 if "://" in head else head.find(":") + 1
+    colon = head.find(":", scheme_end)
+    if colon < 0:
+        return url
+    return f"{head[: colon + 1]}***@{tail}"
 
 
 def _parse(url: str | URL) -> URL:

@@ -113,3 +113,17 @@ def test_pool_timeout_message_has_no_password(postgres_url: str, make_engine: Ma
             engine.connect()
     assert PASSWORD not in str(info.value)
     assert "***" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        (f"postgresql://app:{PASSWORD}@h/db", "postgresql://app:***@h/db"),
+        (f"postgresql+psycopg2:/app:{PASSWORD}@h/db", "postgresql+psycopg2:/app:***@h/db"),
+        (f"mysql://app:{PASSWORD}:x@y@h", "mysql://app:***@h"),
+        ("postgresql://app@h/db", "postgresql://app@h/db"),
+        ("sqlite:///x.db", "sqlite:///x.db"),
+    ],
+)
+def test_safe_url_hides_passwords_even_in_unparsable_urls(url: str, shown: str):
+    assert safe_url(url) == shown

@@ -1,0 +1,167 @@
+"""sqlperf's own Alembic migrations, on SQLite, PostgreSQL and MariaDB.
+
+Each server test runs in a database of its own, created and dropped around the
+test, so that the fixed table names (``sqlperf_alembic_version``,
+``alembic_version``) cannot collide with anything else on the server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import uuid
+from collections.abc import Iterator
+from importlib.resources import files
+from pathlib import Path
+
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Column, Integer, MetaData, String, Table, create_engine, inspect, make_url
+from sqlalchemy.pool import NullPool
+
+from sqlperf import ConfigurationError
+from sqlperf.migrate import current, upgrade
+from sqlperf.schema import VERSION_TABLE, include_name, metadata
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(params=["sqlite-file", "postgresql", "mysql"])
+def app_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty application database: a SQLite file, or a scratch server database."""
+    if request.param == "sqlite-file":
+        yield f"sqlite:///{tmp_path / 'app.db'}"
+        return
+    server_url = request.getfixturevalue(
+        "postgres_url" if request.param == "postgresql" else "mysql_url"
+    )
+    name = f"sqlperf_t_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(server_url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"CREATE DATABASE {name}")
+        try:
+            yield make_url(server_url).set(database=name).render_as_string(hide_password=False)
+        finally:
+            force = " WITH (FORCE)" if admin.dialect.name == "postgresql" else ""
+            with admin.connect() as conn:
+                conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}{force}")
+    finally:
+        admin.dispose()
+
+
+def _rows(url: str, sql: str) -> list[tuple[object, ...]]:
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            return [tuple(row) for row in conn.exec_driver_sql(sql)]
+    finally:
+        engine.dispose()
+
+
+def _make_app_tables(url: str) -> None:
+    """What an application that uses Alembic itself already has in its database."""
+    app = MetaData()
+    Table("alembic_version", app, Column("version_num", String(32), primary_key=True))
+    Table("app_users", app, Column("id", Integer, primary_key=True))
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        app.create_all(engine)
+        with engine.begin() as conn:
+            conn.exec_driver_sql("INSERT INTO alembic_version (version_num) VALUES ('app_rev_42')")
+    finally:
+        engine.dispose()
+
+
+def test_upgrade_records_baseline_in_its_own_version_table(app_url: str) -> None:
+    _make_app_tables(app_url)
+    assert current(app_url) is None
+
+    assert upgrade(app_url) == "0001"
+
+    assert _rows(app_url, f"SELECT version_num FROM {VERSION_TABLE}") == [("0001",)]
+    assert current(app_url) == "0001"
+    # The application's own Alembic history is left alone.
+    assert _rows(app_url, "SELECT version_num FROM alembic_version") == [("app_rev_42",)]
+
+
+def test_upgrade_twice_is_idempotent(app_url: str) -> None:
+    assert upgrade(app_url) == "0001"
+    engine = create_engine(app_url, poolclass=NullPool)
+    try:
+        tables_before = sorted(inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+
+    assert upgrade(app_url, "head") == "0001"
+    assert upgrade(app_url, "0001") == "0001"
+
+    engine = create_engine(app_url, poolclass=NullPool)
+    try:
+        assert sorted(inspect(engine).get_table_names()) == tables_before == [VERSION_TABLE]
+    finally:
+        engine.dispose()
+    assert _rows(app_url, f"SELECT version_num FROM {VERSION_TABLE}") == [("0001",)]
+
+
+def test_schema_matches_metadata_after_upgrade(app_url: str) -> None:
+    _make_app_tables(app_url)
+    upgrade(app_url)
+    engine = create_engine(app_url, poolclass=NullPool)
+    try:
+        with engine.begin() as conn:
+            context = MigrationContext.configure(
+                conn, opts={"version_table": VERSION_TABLE, "include_name": include_name}
+            )
+            # The application's tables and both version tables are not sqlperf's business.
+            assert compare_metadata(context, metadata) == []
+
+            # A sqlperf_ table that the metadata does not describe is a difference,
+            # which shows the comparison looks at the database at all.
+            conn.exec_driver_sql("CREATE TABLE sqlperf_stray (id INTEGER PRIMARY KEY)")
+            diffs = compare_metadata(context, metadata)
+            assert [(d[0], d[1].name) for d in diffs] == [("remove_table", "sqlperf_stray")]
+            conn.exec_driver_sql("DROP TABLE sqlperf_stray")
+    finally:
+        engine.dispose()
+
+
+def test_upgrade_to_unknown_revision_is_a_configuration_error(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'app.db'}"
+    with pytest.raises(ConfigurationError, match="9999"):
+        upgrade(url, "9999")
+    assert current(url) is None
+
+
+def test_offline_mode_renders_sql_with_sqlperf_version_table() -> None:
+    buffer = io.StringIO()
+    config = Config(output_buffer=buffer)
+    config.set_main_option("script_location", str(files("sqlperf").joinpath("migrations")))
+    config.set_main_option("sqlalchemy.url", "postgresql+psycopg2://app@db.invalid/app")
+
+    command.upgrade(config, "head", sql=True)
+
+    sql = buffer.getvalue()
+    assert f"CREATE TABLE {VERSION_TABLE}" in sql
+    assert f"INSERT INTO {VERSION_TABLE} (version_num) VALUES ('0001')" in sql
+    assert "alembic_version (" not in sql.replace(VERSION_TABLE, "")
+
+
+def test_repository_alembic_ini_finds_the_packaged_migrations(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # From any working directory, as `alembic -c alembic.ini -x url=... upgrade head`.
+    monkeypatch.chdir(tmp_path)
+    url = f"sqlite:///{tmp_path / 'dev.db'}"
+    config = Config(
+        REPO / "alembic.ini",
+        cmd_opts=argparse.Namespace(x=[f"url={url}"]),
+        attributes={"configure_logger": False},
+    )
+    command.upgrade(config, "head")
+    assert current(url) == "0001"
+    # A top-level alembic/ would shadow the alembic package when run from the root.
+    assert not (REPO / "alembic").exists()
