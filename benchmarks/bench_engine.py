@@ -173,10 +173,16 @@ def run(
         "pre_ping_over_sqlperf_checkout": med_c["sqlalchemy pre_ping"] / med_c["sqlperf"],
         "kill_recovered": kill_and_query(url),
     }
-    result["targets_met"] = bool(
-        result["checkout_vs_no_check"]["sqlperf"] <= 2.0  # type: ignore[index]
-        and result["pre_ping_over_sqlperf_checkout"] >= 5.0  # type: ignore[operator]
-        and result["kill_recovered"]
+    # The targets are stated for PostgreSQL (foundation issue): checkout at most 2x
+    # the no-check cost, at least 5x cheaper than pool_pre_ping, kill recovered.
+    result["targets_met"] = (
+        None
+        if not url.startswith("postgresql")
+        else bool(
+            result["checkout_vs_no_check"]["sqlperf"] <= 2.0  # type: ignore[index]
+            and result["pre_ping_over_sqlperf_checkout"] >= 5.0  # type: ignore[operator]
+            and result["kill_recovered"]
+        )
     )
     return result
 

@@ -57,7 +57,9 @@ class PoolPlan:
             MySQL's default ``wait_timeout`` (8 h) and the idle cut-offs of
             common load balancers and proxies.
         statement_timeout_ms: default server-side statement timeout, if any.
-        read_write_timeout_s: PyMySQL socket read/write timeouts.
+        read_write_timeout_s: how long a read or write may wait on a dead
+            peer before the kernel fails it (MySQL: ``TCP_USER_TIMEOUT`` plus
+            keepalives; PostgreSQL gets keepalives from libpq).
     """
 
     pool_size: int
@@ -438,11 +440,8 @@ def _tune_mysql(t: _Tuning, *, plan: PoolPlan, read_only: bool, timeout_ms: int 
     if "charset" not in t.url.query:
         # utf8mb4 is real UTF-8; MySQL's "utf8" cannot store 4-byte characters.
         t.url = t.url.update_query_dict({"charset": "utf8mb4"})
-    t.connect_args.update(
-        connect_timeout=5,
-        read_timeout=plan.read_write_timeout_s,
-        write_timeout=plan.read_write_timeout_s,
-    )
+    t.connect_args["connect_timeout"] = 5
+    io_timeout = plan.read_write_timeout_s
 
     def do_connect(dialect: Any, record: ConnectionPoolEntry, cargs: Any, cparams: Any) -> Any:
         if not TLS_KEYS.intersection(cparams) and is_local_host(cparams):
@@ -451,7 +450,9 @@ def _tune_mysql(t: _Tuning, *, plan: PoolPlan, read_only: bool, timeout_ms: int 
             # leaves the host gains nothing from TLS, so skip it there; any TLS
             # option the caller set (or a remote host) keeps PyMySQL's behaviour.
             cparams["ssl_disabled"] = True
-        return TrackedConnection(*cargs, **cparams)
+        connection = TrackedConnection(*cargs, **cparams)
+        connection.set_tcp_timeouts(io_timeout)
+        return connection
 
     session_sql: list[str] = []
     if read_only:

@@ -399,3 +399,19 @@ def test_missing_dependency_is_an_import_error():
     err = MissingDependency("psycopg2", extra="postgres")
     assert isinstance(err, ImportError)
     assert "pip install 'sqlperf[postgres]'" in str(err)
+
+
+def test_mysql_tcp_timeouts_in_force_without_python_timeout_mode(
+    mysql_url: str, make_engine: MakeEngine
+):
+    engine = make_engine(mysql_url, workload="worker")
+    raw = engine.raw_connection()
+    try:
+        sock = raw.dbapi_connection._sock  # type: ignore[union-attr]
+        assert sock.gettimeout() is None  # blocking: no poll() before each recv
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 30
+        user_timeout_ms = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT)
+        assert user_timeout_ms == plan_pool("worker").read_write_timeout_s * 1000
+    finally:
+        raw.close()
