@@ -143,7 +143,8 @@ def test_exhausted_pool_raises_clear_timeout(any_url: str, make_engine: MakeEngi
         assert f"pool_timeout={timeout:g} s" in msg
         assert f"{size} checked out" in msg
         assert "check_pool_budget" in msg
-    assert min(elapsed) >= timeout  # it waited its full pool_timeout, then failed fast
+    # It waited its pool_timeout (the pool measures with time.time: allow for clock slew).
+    assert min(elapsed) >= timeout * 0.9
     waits = pool_status(engine).waits
     assert waits is not None
     assert waits.timeouts == 3
