@@ -359,7 +359,10 @@ def install_pool_listeners(
         dbapi_connection: Any, record: ConnectionPoolEntry, proxy: PoolProxiedConnection
     ) -> None:
         info = record.info
-        if info.get(_PID) != getpid():
+        pid = info.get(_PID)
+        if pid is None:  # made before these listeners were installed
+            info[_PID] = pid = getpid()
+        if pid != getpid():
             # Inherited through fork(): the socket belongs to the parent. Drop it
             # without closing (closing would end the parent's session) and let
             # the pool open a fresh connection for this process.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import threading
@@ -191,7 +192,12 @@ def test_fork_gets_fresh_connections(server_url: str, make_engine: MakeEngine):
         code = 1
         try:
             os.close(read_fd)
-            os.write(write_fd, str(_backend_id(engine)).encode())
+            child_id = _backend_id(engine)
+            # Let the child drop and collect the parent's connection objects, as a
+            # long-lived worker would, before the parent looks at its session.
+            gc.collect()
+            time.sleep(0.2)
+            os.write(write_fd, str(child_id).encode())
             code = 0
         finally:
             os._exit(code)
