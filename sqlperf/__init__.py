@@ -18,16 +18,29 @@ from sqlperf.exceptions import (
     UnsupportedDatabase,
 )
 from sqlperf.pool import PoolStatus, WaitStats, pool_status
+from sqlperf.routing import (
+    ConsistencyToken,
+    ReplicaHealth,
+    RouteStats,
+    RoutingSession,
+    engine_role,
+    replica_health,
+    routing_stats,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ConfigurationError",
+    "ConsistencyToken",
     "MissingDependency",
     "PoolBudget",
     "PoolPlan",
     "PoolStatus",
     "PoolTimeout",
+    "ReplicaHealth",
+    "RouteStats",
+    "RoutingSession",
     "SqlperfError",
     "UnsupportedDatabase",
     "WaitStats",
@@ -35,7 +48,10 @@ __all__ = [
     "__version__",
     "check_pool_budget",
     "create_optimized_engine",
+    "engine_role",
     "plan_pool",
     "pool_status",
+    "replica_health",
+    "routing_stats",
     "safe_url",
 ]
