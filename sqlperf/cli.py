@@ -2,7 +2,8 @@
 
 ::
 
-    sqlperf demo [--url URL | --db PATH] [--orders N] [--seconds S] [--threads N] [--workers N]
+    sqlperf demo [--url URL | --db PATH] [--replica-url URL]
+                 [--orders N] [--seconds S] [--threads N] [--workers N]
     sqlperf db upgrade --url URL [--revision REV]
     sqlperf db current --url URL
 
@@ -138,6 +139,12 @@ def make_cli() -> click.Group:
         "--url", callback=check_url, help="Database URL (default: a temporary SQLite file)."
     )
     @click.option(
+        "--replica-url",
+        callback=check_url,
+        help="A read replica of --url: reads go there, writes to --url "
+        "(on SQLite a read-only engine on the same file stands in by default).",
+    )
+    @click.option(
         "--db",
         "db_path",
         type=click.Path(dir_okay=False, writable=True),
@@ -162,6 +169,7 @@ def make_cli() -> click.Group:
     def demo(
         *,
         url: str | None,
+        replica_url: str | None,
         db_path: str | None,
         orders: int,
         seconds: float,
@@ -178,6 +186,7 @@ def make_cli() -> click.Group:
         with errors(url):
             run_demo(
                 url,
+                replica_url=replica_url,
                 orders=orders,
                 seconds=seconds,
                 threads=threads,

@@ -59,11 +59,13 @@ from sqlalchemy import (
     text,
     update,
 )
+from sqlalchemy.orm import sessionmaker
 
 from sqlperf.budget import PoolBudget, check_pool_budget
 from sqlperf.engine import create_optimized_engine, safe_url
 from sqlperf.exceptions import ConfigurationError, SqlperfError
 from sqlperf.pool import PoolStatus, pool_status
+from sqlperf.routing import RouteStats, RoutingSession, routing_stats
 from sqlperf.schema import NAMING_CONVENTION
 
 __all__ = [
@@ -196,6 +198,9 @@ class DemoReport:
         items_placed: order lines written by the workload.
         pool: the engine's pool after the workload.
         budget: the verdict of :func:`sqlperf.check_pool_budget` for ``workers`` processes.
+        primary_writes: statements and flushes the routing session sent to the primary.
+        primary_reads: reads the primary served (no replica, after a write, or a fallback).
+        replica_reads: reads the replica served.
         total_seconds: the whole run, schema and clean-up included.
     """
 
@@ -220,6 +225,9 @@ class DemoReport:
     items_placed: int
     pool: PoolStatus
     budget: PoolBudget
+    primary_writes: int
+    primary_reads: int
+    replica_reads: int
     total_seconds: float
 
     def operation(self, name: str) -> OperationStats:
@@ -420,9 +428,13 @@ def _analyze(engine: Engine) -> None:
 class _Workload:
     """The operations the threads run; statements are built once and reused."""
 
-    def __init__(self, engine: Engine, seeded: _Seeded) -> None:
+    def __init__(self, engine: Engine, seeded: _Seeded, replica: Engine | None) -> None:
         self.engine = engine
         self.seeded = seeded
+        # Reads go to the replica (if any), writes to the primary.
+        self.session = sessionmaker(
+            class_=RoutingSession, primary=engine, replicas=[replica] if replica else []
+        )
         self.recent_orders = (
             select(orders.c.id, orders.c.status, orders.c.created_at, orders.c.total_cents)
             .where(orders.c.customer_id == bindparam("customer_id"))
@@ -487,7 +499,7 @@ class _Workload:
     def customer_orders(self, rng: random.Random) -> int:
         """A customer's ten most recent orders, then their lines."""
         customer_id = _skewed(rng, self.seeded.customers, 1.5)
-        with self.engine.connect() as conn:
+        with self.session() as conn:
             recent = conn.execute(self.recent_orders, {"customer_id": customer_id}).all()
             if recent:
                 conn.execute(self.items_of_orders, {"order_ids": [r.id for r in recent]}).all()
@@ -496,7 +508,7 @@ class _Workload:
     def top_products(self, rng: random.Random) -> int:
         """Best sellers by revenue over a random week of the order history."""
         start = _HISTORY_END - _HISTORY + timedelta(days=rng.randrange(358))
-        with self.engine.connect() as conn:
+        with self.session() as conn:
             conn.execute(
                 self.revenue_by_product, {"start": start, "end": start + timedelta(days=7)}
             ).all()
@@ -505,7 +517,7 @@ class _Workload:
     def order_by_id(self, rng: random.Random) -> int:
         """One order with its customer and lines."""
         order_id = rng.randint(1, self.seeded.orders)
-        with self.engine.connect() as conn:
+        with self.session() as conn:
             conn.execute(self.order_detail, {"order_id": order_id}).all()
         return 0
 
@@ -525,7 +537,7 @@ class _Workload:
         taken = [{"product": pid, "taken": qty} for pid, qty in sorted(lines.items())]
         total = sum(qty * seeded.prices[pid] for pid, qty in lines.items())
         now = datetime.now(timezone.utc).replace(tzinfo=None)
-        with self.engine.begin() as conn:
+        with self.session.begin() as conn:
             conn.execute(self.take_stock, taken)
             result = conn.execute(
                 self.insert_order,
@@ -665,6 +677,7 @@ def _check(orders: int, seconds: float, threads: int, workers: int) -> None:
 def run_demo(
     url: str | None = None,
     *,
+    replica_url: str | None = None,
     orders: int = 100_000,
     seconds: float = 5.0,
     threads: int = 4,
@@ -682,6 +695,9 @@ def run_demo(
     Args:
         url: the database; ``None`` for a temporary SQLite file, deleted at
             the end. On any other URL the tables are kept for inspection.
+        replica_url: a read replica of ``url``; reads go there through
+            :class:`sqlperf.RoutingSession`, writes to ``url``. On SQLite a
+            read-only engine on the same file stands in when this is ``None``.
         orders: orders to seed.
         seconds: how long the workload runs.
         threads: threads running the workload, each checking a connection
@@ -723,6 +739,7 @@ def run_demo(
         try:
             report = _run(
                 engine,
+                replica_url=replica_url,
                 n_orders=orders,
                 seconds=seconds,
                 threads=threads,
@@ -743,9 +760,28 @@ def run_demo(
     return replace(report, database_kept=tmpdir is None, total_seconds=total)
 
 
+def _replica(engine: Engine, replica_url: str | None) -> Engine | None:
+    """The demo's replica: ``replica_url``, or a read-only engine on a SQLite file."""
+    if replica_url is not None:
+        return create_optimized_engine(replica_url, read_only=True, application_name="sqlperf-demo")
+    if engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:"):
+        return create_optimized_engine(engine.url, read_only=True)
+    return None
+
+
+def _split(on_primary: RouteStats, replica_reads: int) -> str:
+    all_reads = on_primary.reads + replica_reads
+    share = replica_reads / all_reads * 100 if all_reads else 0.0
+    return (
+        f"split: primary {on_primary.writes:,} writes and {on_primary.reads:,} reads; "
+        f"replica {replica_reads:,} reads ({share:.0f}% of reads)"
+    )
+
+
 def _run(
     engine: Engine,
     *,
+    replica_url: str | None,
     n_orders: int,
     seconds: float,
     threads: int,
@@ -778,8 +814,15 @@ def _run(
     _analyze(engine)
     emit(f"analyzed the tables in {time.perf_counter() - analyzed:.2f} s")
 
+    replica = _replica(engine, replica_url)
+    if replica is None:
+        emit("routing: no replica (pass --replica-url); everything on the primary")
+    elif replica_url is None:
+        emit("routing: writes to the primary, reads to a read-only engine on the same file")
+    else:
+        emit(f"routing: writes to the primary, reads to {safe_url(replica.url)}")
     emit(f"workload: {threads} thread(s) for {seconds:g} s ...")
-    workload = _Workload(engine, seeded)
+    workload = _Workload(engine, seeded, replica)
     barrier = threading.Barrier(threads)
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="sqlperf-demo") as pool:
@@ -803,6 +846,10 @@ def _run(
     first_error = next((log.first_error for log in logs if log.first_error), None)
     status = pool_status(engine)
     budget = check_pool_budget(engine, workers=workers)
+    on_primary = routing_stats(engine)
+    on_replica = routing_stats(replica) if replica is not None else None
+    if replica is not None:
+        replica.dispose()
 
     emit()
     emit(f"{'operation':<16} {'kind':<5} {'count':>8} {'errors':>6} {'mean ms':>9} {'p95 ms':>9}")
@@ -815,6 +862,8 @@ def _run(
     emit(f"throughput: {total_ops / elapsed:,.0f} operations/s over {elapsed:.2f} s")
     if first_error:
         emit(f"first error: {first_error}")
+    replica_reads = on_replica.reads if on_replica is not None else 0
+    emit(_split(on_primary, replica_reads))
     emit(f"pool: {status}")
     emit(f"pool budget for {workers} worker process(es): {budget.advice}")
     return DemoReport(
@@ -839,5 +888,8 @@ def _run(
         items_placed=sum(log.items_placed for log in logs),
         pool=status,
         budget=budget,
+        primary_writes=on_primary.writes,
+        primary_reads=on_primary.reads,
+        replica_reads=replica_reads,
         total_seconds=0.0,  # likewise
     )

@@ -104,6 +104,10 @@ def test_demo_on_sqlite_file(tmp_path: Path) -> None:
     assert (report.customers, report.products, report.orders) == (30, 20, 300)
     _check_report(report, out.getvalue())
     assert "SQLite has no connection limit" in report.budget.advice
+    # Reads went to the read-only stand-in replica, writes to the primary.
+    assert report.replica_reads > 0
+    assert report.primary_writes >= report.orders_placed
+    assert "split: primary" in out.getvalue()
     assert path.exists()
     _check_database(f"sqlite:///{path}", report)
 
@@ -166,4 +170,16 @@ def test_demo_on_server(server_url: str) -> None:
     assert report.budget.max_connections is not None
     assert report.budget.workers == 2
     assert "demo_* tables kept" in out.getvalue()
+    assert report.replica_reads == 0  # no replica given: everything on the primary
     _check_database(server_url, report)
+
+
+def test_demo_with_the_postgres_replica(postgres_url: str, replica_url: str) -> None:
+    out = io.StringIO()
+    report = run_demo(
+        postgres_url, replica_url=replica_url, orders=300, seconds=1.0, threads=2, out=out
+    )
+    assert report.errors == 0
+    assert report.replica_reads > 0
+    assert report.primary_writes > 0
+    assert "reads to postgresql+psycopg2://postgres@127.0.0.1:5433" in out.getvalue()
