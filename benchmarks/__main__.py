@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import sys
 
-from benchmarks import bench_engine
+from benchmarks import bench_engine, bench_routing
 
 
 def main(argv: list[str]) -> int:
     """Run each benchmark module's ``main``; ``--quick`` uses tiny sizes."""
-    quick = ["--seconds", "0.2", "--rounds", "1", "--checkouts", "200"] if "--quick" in argv else []
-    return bench_engine.main(quick)
+    quick = "--quick" in argv
+    rc = bench_engine.main(
+        ["--seconds", "0.2", "--rounds", "1", "--checkouts", "200"] if quick else []
+    )
+    rc |= bench_routing.main(
+        ["--seconds", "0.2", "--rounds", "1", "--statements", "500"] if quick else []
+    )
+    return rc
 
 
 if __name__ == "__main__":

@@ -58,13 +58,14 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from time import monotonic
 from typing import Any, Literal
 
-from sqlalchemy import Connection, Engine, event, exc
+from sqlalchemy import Connection, Engine, exc
 from sqlalchemy.orm import Session, SessionTransaction
-from sqlalchemy.sql.base import Executable
 from sqlalchemy.sql.elements import ClauseElement, TextClause
 from sqlalchemy.sql.selectable import Select
+from sqlalchemy.util import EMPTY_DICT
 
 from sqlperf.exceptions import ConfigurationError
 
@@ -278,6 +279,8 @@ class ConsistencyToken:
 
 # -- the session ---------------------------------------------------------------------------
 
+_PENDING = object()  # per-transaction state claimed for a transaction about to begin
+
 _PG_REPLICA_CHECK = (
     "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text, "
     "CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0 "
@@ -363,17 +366,22 @@ class RoutingSession(Session):
         self.lsn_refresh_s = lsn_refresh_s
         self._primary_state = _state(primary)
         self._primary_state.role = "primary"
-        self._replica_states = [_state(r) for r in replicas]
-        for st in self._replica_states:
+        self._pairs = [(r, _state(r)) for r in replicas]
+        self._fast = mode == "statement" and policy == "round_robin"
+        for _, st in self._pairs:
             st.role = "replica"
         key = tuple(id(r) for r in replicas)
         with self._primary_state.lock:
             self._rr = self._primary_state.rr.setdefault(key, itertools.count())
         self._force_primary = 0
+        # Per-transaction state (_wrote, _declared_write, _txn_replica) belongs to
+        # the transaction in _txn_marker; see _sync_transaction.
+        self._txn_marker: object = None
         self._wrote = False
         self._declared_write = False
         self._txn_replica: Engine | None = None
-        self._token: ConsistencyToken | None = None
+        self._token: ConsistencyToken | None = None  # what consistency_token() hands out
+        self._waiting: ConsistencyToken | None = None  # what reads still have to wait for
         self._last_replica: Engine | None = None
         if consistency_token is not None:
             self.require(consistency_token)
@@ -397,8 +405,11 @@ class RoutingSession(Session):
 
     def begin_write(self) -> SessionTransaction:
         """Begin a transaction that runs wholly on the primary (declared as writing)."""
+        self._sync_transaction()
+        txn = self.begin()
+        self._txn_marker = txn
         self._declared_write = True
-        return self.begin()
+        return txn
 
     def consistency_token(self) -> str | None:
         """The token of this session's last writing commit, for a cookie or header.
@@ -406,16 +417,18 @@ class RoutingSession(Session):
         Pass it to another session (``consistency_token=`` or :meth:`require`)
         so that its reads see that commit.
         """
+        self._sync_transaction()
         return None if self._token is None else str(self._token)
 
     def require(self, token: ConsistencyToken | str) -> None:
         """Make this session's reads see the commit that ``token`` names."""
         parsed = ConsistencyToken.parse(token) if isinstance(token, str) else token
         self._token = parsed.newer(self._token)
+        self._waiting = parsed.newer(self._waiting)
 
     # -- routing ------------------------------------------------------------------------
 
-    def get_bind(  # noqa: PLR0911 - one return per routing rule
+    def get_bind(  # noqa: PLR0911, PLR0912 - one branch and return per routing rule
         self,
         mapper: Any = None,
         *,
@@ -423,32 +436,85 @@ class RoutingSession(Session):
         **kw: Any,
     ) -> Engine | Connection:
         """Choose the engine for a statement; see the module docstring for the rules."""
-        if kw.get("bind") is not None:  # an explicit bind_arguments={"bind": ...}
-            bind: Engine | Connection = kw["bind"]
-            return bind
-        if not self.replicas:
+        pairs = self._pairs
+        if not pairs:
             return self.primary
-        route = kw.get(ROUTE_OPTION)
-        if route is None and isinstance(clause, Executable):  # statement-level option
-            route = clause.get_execution_options().get(ROUTE_OPTION)
+        route = None
+        if kw:
+            if kw.get("bind") is not None:  # an explicit bind_arguments={"bind": ...}
+                bind: Engine | Connection = kw["bind"]
+                return bind
+            route = kw.get(ROUTE_OPTION)
+        if self.get_transaction() is not self._txn_marker:
+            self._sync_transaction()
+        if route is None and clause is not None:  # statement-level option
+            options = getattr(clause, "_execution_options", None)
+            if options:
+                route = options.get(ROUTE_OPTION)
         if self._flushing or self._declared_write:
-            self._wrote = True
+            self._note_write()
             return self._to_primary(write=True)
         if route == "primary" or self._force_primary:
             return self._to_primary(write=False)
         if clause is None or (route != "replica" and _is_write(clause)):
             # session.connection() with no statement may run anything: the primary.
-            self._wrote = True
+            self._note_write()
             return self._to_primary(write=True)
         if self._wrote and route != "replica":
             return self._to_primary(write=False)
-        replica = self._choose_replica()
-        if replica is None:
+        if self._fast and self._waiting is None:
+            # The common read: the next replica in turn is up and was checked
+            # recently. Anything else takes the full path below.
+            replica, st = pairs[next(self._rr) % len(pairs)]
+            now = monotonic()
+            if now >= st.down_until and (
+                self.max_lag is None
+                or (st.checked_at is not None and now - st.checked_at <= self.health_check_s)
+            ):
+                st.reads += 1
+                self._last_replica = replica
+                return replica
+        chosen = self._choose_replica()
+        if chosen is None:
             self._primary_state.fallbacks += 1
             return self._to_primary(write=False)
-        self._last_replica = replica
-        _state(replica).reads += 1
-        return replica
+        self._last_replica = chosen
+        return chosen
+
+    def _sync_transaction(self) -> None:
+        """Notice, without any event listener, that a transaction ended or began.
+
+        Per-transaction state belongs to the transaction in ``_txn_marker``. It
+        is recorded while the statement's transaction may not exist yet (SQLAlchemy
+        autobegins it just after ``get_bind``), so it is claimed as ``_PENDING``
+        and adopted by the next transaction seen. A different transaction means
+        the marked one ended: if it wrote, this session's reads must now see
+        that commit (on a rollback this is merely conservative).
+        """
+        current = self.get_transaction()
+        marker = self._txn_marker
+        if marker is current:
+            return
+        if marker is _PENDING:
+            if current is not None:
+                self._txn_marker = current
+            return
+        if self._wrote:
+            token = _commit_token(self.primary)
+            self._token = token.newer(self._token)
+            self._waiting = token.newer(self._waiting)
+        self._wrote = False
+        self._declared_write = False
+        self._txn_replica = None
+        self._txn_marker = current
+
+    def _claim_transaction(self) -> None:
+        if self._txn_marker is None:
+            self._txn_marker = _PENDING
+
+    def _note_write(self) -> None:
+        self._wrote = True
+        self._claim_transaction()
 
     def _to_primary(self, *, write: bool) -> Engine:
         st = self._primary_state
@@ -460,23 +526,24 @@ class RoutingSession(Session):
 
     def _choose_replica(self) -> Engine | None:
         if self.mode == "transaction" and self._txn_replica is not None:
-            if self._usable(self._txn_replica):
+            if self._usable(self._txn_replica, _state(self._txn_replica)):
                 return self._txn_replica
             self._txn_replica = None
-        replicas = self.replicas
-        n = len(replicas)
+        pairs = self._pairs
+        n = len(pairs)
         start = next(self._rr) if self.policy == "round_robin" else random.randrange(n)
         for i in range(n):
-            candidate = replicas[(start + i) % n]
-            if self._usable(candidate):
+            candidate, st = pairs[(start + i) % n]
+            if self._usable(candidate, st):
                 if self.mode == "transaction":
                     self._txn_replica = candidate
+                    self._claim_transaction()
+                st.reads += 1
                 return candidate
         return None
 
-    def _usable(self, replica: Engine) -> bool:
+    def _usable(self, replica: Engine, st: _EngineState) -> bool:
         """Healthy, not lagging, and caught up with this session's token."""
-        st = _state(replica)
         now = time.monotonic()
         if now < st.down_until:
             return False
@@ -486,8 +553,22 @@ class RoutingSession(Session):
             self._check(replica, st)
             if now < st.down_until:
                 return False
-        token = self._token
-        return token is None or self._caught_up(replica, st, token, now)
+        token = self._waiting
+        if token is None:
+            return True
+        if not self._caught_up(replica, st, token, now):
+            return False
+        if self._all_caught_up(token):
+            self._waiting = None  # every replica has it: back to the fast path
+        return True
+
+    def _all_caught_up(self, token: ConsistencyToken) -> bool:
+        if token.lsn is None:
+            return time.time() - token.committed_at >= self.pin_window_s
+        return all(
+            r.dialect.name == "postgresql" and _replayed(st.replay_lsn, token.lsn)
+            for r, st in self._pairs
+        )
 
     def _caught_up(
         self, replica: Engine, st: _EngineState, token: ConsistencyToken, now: float
@@ -554,18 +635,30 @@ class RoutingSession(Session):
         statement: Any,
         params: Any = None,
         *,
-        execution_options: Any = None,
+        execution_options: Any = EMPTY_DICT,
         bind_arguments: dict[str, Any] | None = None,
         **kw: Any,
     ) -> Any:
         """``Session.execute``, with ``sqlperf_route`` honoured and replica fail-over."""
-        return self._run(
-            super().execute,
-            statement=statement,
-            params=params,
+        if execution_options and ROUTE_OPTION in execution_options:
+            bind_arguments = _with_route(bind_arguments, execution_options)
+        self._last_replica = None
+        try:
+            return super().execute(
+                statement,
+                params,
+                execution_options=execution_options,
+                bind_arguments=bind_arguments,
+                **kw,
+            )
+        except exc.DBAPIError as err:
+            self._fail_over(err)
+        return super().execute(
+            statement,
+            params,
             execution_options=execution_options,
             bind_arguments=bind_arguments,
-            kw=kw,
+            **kw,
         )
 
     def scalars(
@@ -573,18 +666,30 @@ class RoutingSession(Session):
         statement: Any,
         params: Any = None,
         *,
-        execution_options: Any = None,
+        execution_options: Any = EMPTY_DICT,
         bind_arguments: dict[str, Any] | None = None,
         **kw: Any,
     ) -> Any:
         """``Session.scalars``, with ``sqlperf_route`` honoured and replica fail-over."""
-        return self._run(
-            super().scalars,
-            statement=statement,
-            params=params,
+        if execution_options and ROUTE_OPTION in execution_options:
+            bind_arguments = _with_route(bind_arguments, execution_options)
+        self._last_replica = None
+        try:
+            return super().scalars(
+                statement,
+                params,
+                execution_options=execution_options,
+                bind_arguments=bind_arguments,
+                **kw,
+            )
+        except exc.DBAPIError as err:
+            self._fail_over(err)
+        return super().scalars(
+            statement,
+            params,
             execution_options=execution_options,
             bind_arguments=bind_arguments,
-            kw=kw,
+            **kw,
         )
 
     def scalar(
@@ -592,50 +697,48 @@ class RoutingSession(Session):
         statement: Any,
         params: Any = None,
         *,
-        execution_options: Any = None,
+        execution_options: Any = EMPTY_DICT,
         bind_arguments: dict[str, Any] | None = None,
         **kw: Any,
     ) -> Any:
         """``Session.scalar``, with ``sqlperf_route`` honoured and replica fail-over."""
-        return self._run(
-            super().scalar,
-            statement=statement,
-            params=params,
+        if execution_options and ROUTE_OPTION in execution_options:
+            bind_arguments = _with_route(bind_arguments, execution_options)
+        self._last_replica = None
+        try:
+            return super().scalar(
+                statement,
+                params,
+                execution_options=execution_options,
+                bind_arguments=bind_arguments,
+                **kw,
+            )
+        except exc.DBAPIError as err:
+            self._fail_over(err)
+        return super().scalar(
+            statement,
+            params,
             execution_options=execution_options,
             bind_arguments=bind_arguments,
-            kw=kw,
+            **kw,
         )
+
+    def _fail_over(self, err: exc.DBAPIError) -> None:
+        """Re-raise ``err`` unless a replica failed a read; then skip that replica."""
+        replica = self._replica_of_last_statement()
+        if replica is None or not _replica_connection_failed(self, replica, err):
+            raise err
+        # The replica could not serve a read the primary can: skip it for a
+        # cool-down; the caller runs the read again elsewhere.
+        self._mark_down(replica)
+        self._primary_state.fallbacks += 1
 
     def _replica_of_last_statement(self) -> Engine | None:
         return self._last_replica
 
-    def _run(
-        self,
-        method: Any,
-        *,
-        statement: Any,
-        params: Any,
-        execution_options: Any,
-        bind_arguments: dict[str, Any] | None,
-        kw: dict[str, Any],
-    ) -> Any:
-        options = execution_options or {}
-        if ROUTE_OPTION in options:
-            bind_arguments = {**(bind_arguments or {}), ROUTE_OPTION: options[ROUTE_OPTION]}
-        if execution_options is not None:
-            kw["execution_options"] = execution_options
-        self._last_replica = None
-        try:
-            return method(statement, params, bind_arguments=bind_arguments, **kw)
-        except exc.DBAPIError as err:
-            replica = self._replica_of_last_statement()
-            if replica is None or not _replica_connection_failed(self, replica, err):
-                raise
-            # The replica could not serve a read the primary can: skip it for a
-            # cool-down and run the read again elsewhere.
-            self._mark_down(replica)
-            self._primary_state.fallbacks += 1
-            return method(statement, params, bind_arguments=bind_arguments, **kw)
+
+def _with_route(bind_arguments: dict[str, Any] | None, options: Any) -> dict[str, Any]:
+    return {**(bind_arguments or {}), ROUTE_OPTION: options[ROUTE_OPTION]}
 
 
 def _replayed(replay_lsn: int | None, lsn: int) -> bool:
@@ -689,32 +792,6 @@ def _forget_connection(session: Session, replica: Engine) -> None:
         if conn.engine is replica:
             del root._connections[key]
             conn.close()
-
-
-# Session-transaction bookkeeping, on our own class only (never on Session itself).
-
-
-@event.listens_for(RoutingSession, "after_commit")
-def _after_commit(session: Session) -> None:
-    assert isinstance(session, RoutingSession)
-    if session._wrote and session.replicas:
-        session._token = _commit_token(session.primary).newer(session._token)
-    session._wrote = False
-
-
-@event.listens_for(RoutingSession, "after_rollback")
-def _after_rollback(session: Session) -> None:
-    assert isinstance(session, RoutingSession)
-    session._wrote = False
-
-
-@event.listens_for(RoutingSession, "after_transaction_end")
-def _after_transaction_end(session: Session, transaction: SessionTransaction) -> None:
-    assert isinstance(session, RoutingSession)
-    if transaction.parent is None:
-        session._declared_write = False
-        session._txn_replica = None
-        session._wrote = False
 
 
 def _commit_token(primary: Engine) -> ConsistencyToken:

@@ -18,3 +18,16 @@ def test_bench_engine_runs(server_url: str, tmp_path: Path):
     assert all(q > 0 for q in result["throughput_qps"].values())
     assert result["checkout_vs_no_check"]["sqlalchemy defaults"] == 1.0
     assert result["kill_recovered"] is True
+
+
+def test_bench_routing_runs(postgres_url: str, replica_url: str, tmp_path: Path):
+    from benchmarks import bench_routing
+
+    out = tmp_path / "bench_routing.json"
+    argv = ["--statements", "50", "--threads", "2", "--seconds", "0.05", "--rounds", "1"]
+    assert bench_routing.main([*argv, "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["overhead"]["ratio"]["plain Session on the replica engine"] == 1.0
+    assert set(data["throughput"]["reads_per_s"]) == {"primary only", "primary + replica"}
+    assert data["throughput"]["replica_reads"] > 0
+    assert data["throughput"]["lag_checks"] < data["throughput"]["replica_reads"]
