@@ -460,3 +460,16 @@ def test_no_replicas_everything_on_primary(sqlite_file_url: str, make_engine: Ma
     Session = sessionmaker(class_=RoutingSession, primary=primary)
     with Session() as s:
         assert served_by(s, text("SELECT 1")) is primary
+
+
+def test_random_policy_spreads_reads(stand_in: Cluster, make_engine: MakeEngine):
+    url = stand_in.primary.url.render_as_string(hide_password=False)
+    r1 = make_engine(url, read_only=True)
+    r2 = make_engine(url, read_only=True)
+    Session = sessionmaker(
+        class_=RoutingSession, primary=stand_in.primary, replicas=[r1, r2], policy="random"
+    )
+    read = select(stand_in.model.__table__.c.id)  # type: ignore[attr-defined]
+    with Session() as s:
+        seen = {served_by(s, read) for _ in range(40)}
+    assert seen == {r1, r2}  # 2 ** -39 chance of a false failure
