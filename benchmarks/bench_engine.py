@@ -20,7 +20,6 @@ import argparse
 import json
 import statistics
 import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from pathlib import Path
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.pool import NullPool
 
+from benchmarks._common import create_rows_table, drop_table, run_threads
 from sqlperf import create_optimized_engine, safe_url
 
 RESULTS = Path(__file__).parent / "results"
@@ -52,52 +52,15 @@ VARIANTS = [
 ]
 
 
-def _setup(url: str) -> None:
-    engine = create_engine(url, poolclass=NullPool)
-    with engine.begin() as conn:
-        conn.execute(text(f"DROP TABLE IF EXISTS {TABLE}"))
-        conn.execute(text(f"CREATE TABLE {TABLE} (id INTEGER PRIMARY KEY, name VARCHAR(40))"))
-        conn.execute(
-            text(f"INSERT INTO {TABLE} (id, name) VALUES (:id, :name)"),
-            [{"id": i, "name": f"row {i}"} for i in range(1, 1001)],
-        )
-    engine.dispose()
-
-
-def _teardown(url: str) -> None:
-    engine = create_engine(url, poolclass=NullPool)
-    with engine.begin() as conn:
-        conn.execute(text(f"DROP TABLE IF EXISTS {TABLE}"))
-    engine.dispose()
-
-
 def throughput(engine: Engine, threads: int, seconds: float) -> float:
     """Queries per second from ``threads`` threads, each doing checkout + PK select."""
-    stop = time.perf_counter() + seconds
-    counts = [0] * threads
-    errors: list[BaseException] = []
     query = text(f"SELECT name FROM {TABLE} WHERE id = :id")
 
-    def work(slot: int) -> None:
-        n = 0
-        try:
-            while time.perf_counter() < stop:
-                with engine.connect() as conn:
-                    conn.execute(query, {"id": n % 1000 + 1}).scalar_one()
-                n += 1
-        except BaseException as err:
-            errors.append(err)
-        counts[slot] = n
+    def op(n: int) -> None:
+        with engine.connect() as conn:
+            conn.execute(query, {"id": n % 1000 + 1}).scalar_one()
 
-    start = time.perf_counter()
-    workers = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
-    if errors:
-        raise errors[0]
-    return sum(counts) / (time.perf_counter() - start)
+    return run_threads(op, threads, seconds)[0]
 
 
 def checkout_us(engine: Engine, n: int) -> float:
@@ -143,7 +106,7 @@ def run(
     url: str, *, threads: int, seconds: float, checkouts: int, rounds: int
 ) -> dict[str, object]:
     """Benchmark one database URL; return the results as a JSON-able dict."""
-    _setup(url)
+    create_rows_table(url, TABLE)
     engines = {v.name: v.make(url) for v in VARIANTS}
     tput: dict[str, list[float]] = {name: [] for name in engines}
     cost: dict[str, list[float]] = {name: [] for name in engines}
@@ -157,7 +120,7 @@ def run(
     finally:
         for engine in engines.values():
             engine.dispose()
-        _teardown(url)
+        drop_table(url, TABLE)
     med_t = {k: statistics.median(v) for k, v in tput.items()}
     med_c = {k: statistics.median(v) for k, v in cost.items()}
     base_t, base_c = med_t["sqlalchemy defaults"], med_c["sqlalchemy defaults"]

@@ -23,16 +23,15 @@ import json
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
-from sqlalchemy.pool import NullPool
 
+from benchmarks._common import create_rows_table, drop_table, run_threads
 from sqlperf import ConsistencyToken, RoutingSession, create_optimized_engine, routing_stats
 
 RESULTS = Path(__file__).parent / "results"
@@ -40,25 +39,6 @@ TABLE = "sqlperf_bench_routing"
 PG_PRIMARY = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
 PG_REPLICA = "postgresql+psycopg2://postgres@127.0.0.1:5433/test"
 READ = text(f"SELECT name FROM {TABLE} WHERE id = :id")
-
-
-def _create(url: str, rows: int = 1000) -> None:
-    engine = create_engine(url, poolclass=NullPool)
-    with engine.begin() as conn:
-        conn.execute(text(f"DROP TABLE IF EXISTS {TABLE}"))
-        conn.execute(text(f"CREATE TABLE {TABLE} (id INTEGER PRIMARY KEY, name VARCHAR(40))"))
-        conn.execute(
-            text(f"INSERT INTO {TABLE} (id, name) VALUES (:id, :name)"),
-            [{"id": i, "name": f"row {i}"} for i in range(1, rows + 1)],
-        )
-    engine.dispose()
-
-
-def _drop(url: str) -> None:
-    engine = create_engine(url, poolclass=NullPool)
-    with engine.begin() as conn:
-        conn.execute(text(f"DROP TABLE IF EXISTS {TABLE}"))
-    engine.dispose()
 
 
 def _per_statement_us(session: Session, n: int) -> float:
@@ -72,7 +52,7 @@ def overhead(statements: int, rounds: int) -> dict[str, Any]:
     """Per-statement cost of routing on SQLite, in microseconds, medians of ``rounds``."""
     with tempfile.TemporaryDirectory() as tmp:
         url = f"sqlite:///{tmp}/routing.db"
-        _create(url)
+        create_rows_table(url, TABLE)
         primary = create_optimized_engine(url)
         replica = create_optimized_engine(url, read_only=True)
         routed = sessionmaker(class_=RoutingSession, primary=primary, replicas=[replica])
@@ -115,35 +95,16 @@ def overhead(statements: int, rounds: int) -> dict[str, Any]:
 
 
 def _read_throughput(factory: Any, threads: int, seconds: float) -> tuple[float, int]:
-    stop = time.perf_counter() + seconds
-    counts = [0] * threads
-    errors: list[BaseException] = []
+    def op(n: int) -> None:
+        with factory() as s:
+            s.execute(READ, {"id": n % 1000 + 1}).first()
 
-    def work(slot: int) -> None:
-        n = 0
-        try:
-            while time.perf_counter() < stop:
-                with factory() as s:
-                    s.execute(READ, {"id": n % 1000 + 1}).first()
-                n += 1
-        except BaseException as err:
-            errors.append(err)
-        counts[slot] = n
-
-    started = time.perf_counter()
-    pool = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
-    for t in pool:
-        t.start()
-    for t in pool:
-        t.join()
-    if errors:
-        raise errors[0]
-    return sum(counts) / (time.perf_counter() - started), sum(counts)
+    return run_threads(op, threads, seconds)
 
 
 def throughput(threads: int, seconds: float, rounds: int) -> dict[str, Any]:
     """Read throughput on PostgreSQL: primary only against primary plus replica."""
-    _create(PG_PRIMARY)
+    create_rows_table(PG_PRIMARY, TABLE)
     primary = create_optimized_engine(PG_PRIMARY)
     replica = create_optimized_engine(PG_REPLICA, read_only=True)
     try:
@@ -174,7 +135,7 @@ def throughput(threads: int, seconds: float, rounds: int) -> dict[str, Any]:
     finally:
         primary.dispose()
         replica.dispose()
-        _drop(PG_PRIMARY)
+        drop_table(PG_PRIMARY, TABLE)
     med = {k: statistics.median(v) for k, v in samples.items()}
     return {
         "database": "postgresql primary 5432 + streaming replica 5433, same machine",

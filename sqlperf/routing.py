@@ -55,7 +55,7 @@ import random
 import re
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from time import monotonic
@@ -286,6 +286,49 @@ _PG_REPLICA_CHECK = (
     "CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0 "
     "ELSE COALESCE(EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()), 0) END"
 )
+
+
+def _routed(method: Callable[..., Any]) -> Any:
+    """Wrap a ``Session`` execution method for :class:`RoutingSession`."""
+
+    def routed(
+        self: RoutingSession,
+        statement: Any,
+        params: Any = None,
+        *,
+        execution_options: Any = EMPTY_DICT,
+        bind_arguments: dict[str, Any] | None = None,
+        **kw: Any,
+    ) -> Any:
+        if execution_options and ROUTE_OPTION in execution_options:
+            bind_arguments = _with_route(bind_arguments, execution_options)
+        self._last_replica = None
+        try:
+            return method(
+                self,
+                statement,
+                params,
+                execution_options=execution_options,
+                bind_arguments=bind_arguments,
+                **kw,
+            )
+        except exc.DBAPIError as err:
+            self._fail_over(err)
+        return method(
+            self,
+            statement,
+            params,
+            execution_options=execution_options,
+            bind_arguments=bind_arguments,
+            **kw,
+        )
+
+    routed.__name__ = method.__name__
+    routed.__doc__ = (
+        f"``Session.{method.__name__}``, honouring ``execution_options="
+        '{"sqlperf_route": ...}`` and retrying a read whose replica failed.'
+    )
+    return routed
 
 
 class RoutingSession(Session):
@@ -630,98 +673,11 @@ class RoutingSession(Session):
 
     # -- execution with replica fail-over -------------------------------------------------
 
-    def execute(
-        self,
-        statement: Any,
-        params: Any = None,
-        *,
-        execution_options: Any = EMPTY_DICT,
-        bind_arguments: dict[str, Any] | None = None,
-        **kw: Any,
-    ) -> Any:
-        """``Session.execute``, with ``sqlperf_route`` honoured and replica fail-over."""
-        if execution_options and ROUTE_OPTION in execution_options:
-            bind_arguments = _with_route(bind_arguments, execution_options)
-        self._last_replica = None
-        try:
-            return super().execute(
-                statement,
-                params,
-                execution_options=execution_options,
-                bind_arguments=bind_arguments,
-                **kw,
-            )
-        except exc.DBAPIError as err:
-            self._fail_over(err)
-        return super().execute(
-            statement,
-            params,
-            execution_options=execution_options,
-            bind_arguments=bind_arguments,
-            **kw,
-        )
-
-    def scalars(
-        self,
-        statement: Any,
-        params: Any = None,
-        *,
-        execution_options: Any = EMPTY_DICT,
-        bind_arguments: dict[str, Any] | None = None,
-        **kw: Any,
-    ) -> Any:
-        """``Session.scalars``, with ``sqlperf_route`` honoured and replica fail-over."""
-        if execution_options and ROUTE_OPTION in execution_options:
-            bind_arguments = _with_route(bind_arguments, execution_options)
-        self._last_replica = None
-        try:
-            return super().scalars(
-                statement,
-                params,
-                execution_options=execution_options,
-                bind_arguments=bind_arguments,
-                **kw,
-            )
-        except exc.DBAPIError as err:
-            self._fail_over(err)
-        return super().scalars(
-            statement,
-            params,
-            execution_options=execution_options,
-            bind_arguments=bind_arguments,
-            **kw,
-        )
-
-    def scalar(
-        self,
-        statement: Any,
-        params: Any = None,
-        *,
-        execution_options: Any = EMPTY_DICT,
-        bind_arguments: dict[str, Any] | None = None,
-        **kw: Any,
-    ) -> Any:
-        """``Session.scalar``, with ``sqlperf_route`` honoured and replica fail-over."""
-        if execution_options and ROUTE_OPTION in execution_options:
-            bind_arguments = _with_route(bind_arguments, execution_options)
-        self._last_replica = None
-        try:
-            return super().scalar(
-                statement,
-                params,
-                execution_options=execution_options,
-                bind_arguments=bind_arguments,
-                **kw,
-            )
-        except exc.DBAPIError as err:
-            self._fail_over(err)
-        return super().scalar(
-            statement,
-            params,
-            execution_options=execution_options,
-            bind_arguments=bind_arguments,
-            **kw,
-        )
+    # Session.execute, .scalars and .scalar, with the ``sqlperf_route`` option of
+    # the call honoured and a read retried elsewhere when its replica fails.
+    execute = _routed(Session.execute)
+    scalars = _routed(Session.scalars)
+    scalar = _routed(Session.scalar)
 
     def _fail_over(self, err: exc.DBAPIError) -> None:
         """Re-raise ``err`` unless a replica failed a read; then skip that replica."""
