@@ -302,7 +302,6 @@ def _routed(method: Callable[..., Any]) -> Any:
     ) -> Any:
         if execution_options and ROUTE_OPTION in execution_options:
             bind_arguments = _with_route(bind_arguments, execution_options)
-        self._last_replica = None
         try:
             return method(
                 self,
@@ -482,6 +481,7 @@ class RoutingSession(Session):
         pairs = self._pairs
         if not pairs:
             return self.primary
+        self._last_replica = None
         route = None
         if kw:
             if kw.get("bind") is not None:  # an explicit bind_arguments={"bind": ...}
@@ -499,7 +499,14 @@ class RoutingSession(Session):
             return self._to_primary(write=True)
         if route == "primary" or self._force_primary:
             return self._to_primary(write=False)
-        if clause is None or (route != "replica" and _is_write(clause)):
+        if clause is None or (
+            route != "replica"
+            and (
+                clause._for_update_arg is not None
+                if type(clause) is Select  # the common case, inlined
+                else _is_write(clause)
+            )
+        ):
             # session.connection() with no statement may run anything: the primary.
             self._note_write()
             return self._to_primary(write=True)
