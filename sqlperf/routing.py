@@ -36,7 +36,8 @@ statement gives uncoordinated transactions):
   (``session.begin_write()``) runs wholly on the primary. An undeclared write
   still goes to the primary, with the earlier reads on the replica's snapshot.
 
-Replica health: a replica that fails to connect, or whose lag exceeds ``max_lag``
+Replica health: a replica that fails to connect, drops its connection, has no
+pooled connection free within its ``pool_timeout``, or whose lag exceeds ``max_lag``
 seconds (checked at most every ``health_check_s``, never per statement), is
 skipped for ``cooldown_s`` and then tried again; its reads go to another
 replica or the primary. The counters of each engine are in :func:`routing_stats`,
@@ -311,7 +312,7 @@ def _routed(method: Callable[..., Any]) -> Any:
                 bind_arguments=bind_arguments,
                 **kw,
             )
-        except exc.DBAPIError as err:
+        except (exc.DBAPIError, exc.TimeoutError) as err:
             self._fail_over(err)
         return method(
             self,
@@ -642,7 +643,7 @@ class RoutingSession(Session):
             st.health_checks += 1
         try:
             lag, lsn = self._measure(replica)
-        except exc.DBAPIError:
+        except exc.SQLAlchemyError:  # cannot connect, dropped, or its pool is exhausted
             self._mark_down(replica)
             return
         finally:
@@ -662,7 +663,12 @@ class RoutingSession(Session):
                     return 0.0, -1  # a primary standing in as replica: always current
                 return float(lag), _parse_lsn(lsn)
             if name in ("mysql", "mariadb"):
-                row = conn.exec_driver_sql("SHOW SLAVE STATUS").mappings().first()
+                try:
+                    row = conn.exec_driver_sql("SHOW SLAVE STATUS").mappings().first()
+                except exc.DBAPIError as err:
+                    if err.connection_invalidated:
+                        raise
+                    return None, None  # no REPLICATION CLIENT privilege: lag unknown
                 if row is None:
                     return 0.0, None  # not a replica: nothing to lag behind
                 behind = row.get("Seconds_Behind_Master")
@@ -686,7 +692,7 @@ class RoutingSession(Session):
     scalars = _routed(Session.scalars)
     scalar = _routed(Session.scalar)
 
-    def _fail_over(self, err: exc.DBAPIError) -> None:
+    def _fail_over(self, err: exc.DBAPIError | exc.TimeoutError) -> None:
         """Re-raise ``err`` unless a replica failed a read; then skip that replica."""
         replica = self._replica_of_last_statement()
         if replica is None or not _replica_connection_failed(self, replica, err):
@@ -709,9 +715,14 @@ def _replayed(replay_lsn: int | None, lsn: int) -> bool:
     return replay_lsn is not None and (replay_lsn < 0 or replay_lsn >= lsn)
 
 
-def _replica_connection_failed(session: Session, replica: Engine, err: exc.DBAPIError) -> bool:
+def _replica_connection_failed(
+    session: Session, replica: Engine, err: exc.DBAPIError | exc.TimeoutError
+) -> bool:
     """True if ``err`` came from connecting to ``replica`` (nothing of it joined the
-    session's transaction), or from a replica connection the server dropped."""
+    session's transaction), from its exhausted pool, or from a replica connection
+    the server dropped."""
+    if isinstance(err, exc.TimeoutError):
+        return True  # no connection was checked out: nothing joined the transaction
     if err.connection_invalidated:
         _forget_connection(session, replica)
         return True

@@ -473,3 +473,16 @@ def test_random_policy_spreads_reads(stand_in: Cluster, make_engine: MakeEngine)
     with Session() as s:
         seen = {served_by(s, read) for _ in range(40)}
     assert seen == {r1, r2}  # 2 ** -39 chance of a false failure
+
+
+def test_exhausted_replica_pool_falls_back_to_primary(stand_in: Cluster, make_engine: MakeEngine):
+    url = stand_in.primary.url.render_as_string(hide_password=False)
+    busy = make_engine(url, read_only=True, pool_size=1, max_overflow=0, pool_timeout=0.1)
+    Session = sessionmaker(class_=RoutingSession, primary=stand_in.primary, replicas=[busy])
+    read = select(stand_in.model.__table__.c.id)  # type: ignore[attr-defined]
+    with Session() as s:
+        assert served_by(s, read) is busy  # warm: the replica works
+    with busy.connect():  # someone holds the replica's only connection
+        with Session() as s:
+            assert served_by(s, read) is stand_in.primary  # waited pool_timeout, then fell back
+        assert not replica_health(busy).healthy
