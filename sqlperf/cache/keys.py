@@ -1,0 +1,119 @@
+"""What a statement reads and writes, and the key its result is cached under."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import re
+from collections import OrderedDict
+from typing import Any
+
+from sqlalchemy import Table
+from sqlalchemy.engine import Dialect
+from sqlalchemy.sql import visitors
+from sqlalchemy.sql.elements import ClauseElement
+
+__all__ = ["ALL_TABLES", "result_key", "tables_read", "tables_written_by_sql"]
+
+#: Stands for "every table": a statement whose writes cannot be parsed bumps it,
+#: and every cached entry depends on it.
+ALL_TABLES = "*"
+
+
+def _table_name(t: Table) -> str:
+    return f"{t.schema}.{t.name}" if t.schema else t.name
+
+
+class _Memo:
+    """A small bounded LRU, keyed by SQLAlchemy statement cache keys."""
+
+    def __init__(self, size: int = 2048) -> None:
+        self.size = size
+        self.data: OrderedDict[Any, Any] = OrderedDict()
+
+    def get(self, key: Any) -> Any:
+        value = self.data.get(key)
+        if value is not None:
+            self.data.move_to_end(key)
+        return value
+
+    def put(self, key: Any, value: Any) -> None:
+        self.data[key] = value
+        if len(self.data) > self.size:
+            self.data.popitem(last=False)
+
+
+_tables_memo = _Memo()
+
+
+def tables_read(stmt: ClauseElement) -> tuple[str, ...] | None:
+    """The tables ``stmt`` reads (joins, subqueries, CTEs included), sorted, plus
+    :data:`ALL_TABLES`; ``None`` if the statement cannot be analysed (never cache it).
+
+    Computed once per distinct statement shape (SQLAlchemy's cache key).
+    """
+    cache_key = stmt._generate_cache_key()  # memoized on the statement object
+    if cache_key is None:
+        return None
+    found = _tables_memo.get(cache_key.key)
+    if found is None:
+        names = {_table_name(e) for e in visitors.iterate(stmt) if isinstance(e, Table)}
+        found = (ALL_TABLES, *sorted(names)) if names else ()
+        _tables_memo.put(cache_key.key, found)
+    return found or None
+
+
+def result_key(
+    stmt: ClauseElement, params: Any, dialect: Dialect, statement_cache: dict[Any, str]
+) -> str:
+    """A key stable across processes: the statement's SQL and bound values, hashed."""
+    cache_key = stmt._generate_cache_key()
+    assert cache_key is not None
+    offline = cache_key.to_offline_string(statement_cache, stmt, params or {})
+    digest = hashlib.blake2b(f"{dialect.name}\0{offline}".encode(), digest_size=20)
+    return digest.hexdigest()
+
+
+_DML = re.compile(
+    r"^\s*(?:WITH\b.*?\)\s*)?(?:INSERT\s+(?:IGNORE\s+)?INTO|REPLACE\s+INTO|UPDATE|DELETE\s+FROM|"
+    r"MERGE\s+INTO|TRUNCATE(?:\s+TABLE)?)\s+((?:ONLY\s+)?[\w.\"`\[\]]+)",
+    re.I | re.S,
+)
+_READ = re.compile(r"^\s*\(*\s*(SELECT|SHOW|EXPLAIN|VALUES|PRAGMA|DESCRIBE)\b", re.I)
+_WRITE_WORD = re.compile(
+    r"\b(INSERT|UPDATE|DELETE|MERGE|REPLACE|TRUNCATE|CREATE|ALTER|DROP|INTO|NEXTVAL|SETVAL|CALL|DO)\b",
+    re.I,
+)
+_TRANSACTION = re.compile(r"^\s*(BEGIN|COMMIT|ROLLBACK|SAVEPOINT|RELEASE|SET|START)\b", re.I)
+
+
+@functools.lru_cache(maxsize=4096)
+def tables_written_by_sql(sql: str) -> tuple[str, ...]:
+    """Tables a raw SQL string writes: ``()`` for a plain read (or transaction
+    control), the table of a single-table DML, or ``(ALL_TABLES,)`` when the
+    statement may write and cannot be understood (the safe answer).
+
+    Example::
+
+        >>> tables_written_by_sql('UPDATE "users" SET name = %s')
+        ('users',)
+        >>> tables_written_by_sql("DELETE FROM public.users")
+        ('public.users', 'users')
+        >>> tables_written_by_sql("SELECT 1")
+        ()
+        >>> tables_written_by_sql("CALL refresh_everything()")
+        ('*',)
+    """
+    if _TRANSACTION.match(sql):
+        return ()
+    if _READ.match(sql) and not _WRITE_WORD.search(sql):
+        return ()
+    body = sql.strip().rstrip(";")
+    match = _DML.match(body)
+    if match and ";" not in body and not re.search(r"\bWITH\b", body[: match.start(1)], re.I):
+        name = re.sub(r"^ONLY\s+", "", match.group(1), flags=re.I)
+        name = name.replace('"', "").replace("`", "").replace("[", "").replace("]", "")
+        # "public.users" may be read as "users" (no schema in the metadata): bump both.
+        bare = name.rsplit(".", 1)[-1]
+        return (name,) if bare == name else (name, bare)
+    return (ALL_TABLES,)

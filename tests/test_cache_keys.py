@@ -1,0 +1,70 @@
+"""Which tables a statement reads and writes, and its cache key."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import Column, ForeignKey, Integer, MetaData, String, Table, func, select, text
+from sqlalchemy.dialects import postgresql, sqlite
+
+from sqlperf.cache.keys import ALL_TABLES, result_key, tables_read, tables_written_by_sql
+
+md = MetaData()
+users = Table("users", md, Column("id", Integer, primary_key=True), Column("name", String))
+orders = Table(
+    "orders", md, Column("id", Integer, primary_key=True), Column("user_id", ForeignKey("users.id"))
+)
+items = Table("items", md, Column("id", Integer, primary_key=True), schema="shop")
+
+
+def test_tables_read_follows_joins_subqueries_and_ctes():
+    cte = select(orders.c.user_id).cte("recent")
+    stmt = (
+        select(users.c.name)
+        .join(orders, orders.c.user_id == users.c.id)
+        .where(users.c.id.in_(select(cte.c.user_id)))
+        .where(users.c.id > select(func.count(items.c.id)).scalar_subquery())
+    )
+    assert tables_read(stmt) == (ALL_TABLES, "orders", "shop.items", "users")
+
+
+def test_tables_read_of_a_tableless_statement_is_not_cacheable():
+    assert tables_read(select(func.now())) is None
+
+
+def test_result_key_depends_on_parameters_and_dialect():
+    stmt = select(users).where(users.c.id == 1)
+    other = select(users).where(users.c.id == 2)
+    cache: dict[object, str] = {}
+    pg, lite = postgresql.psycopg2.dialect(), sqlite.pysqlite.dialect()  # type: ignore[no-untyped-call]
+    assert result_key(stmt, None, pg, cache) == result_key(
+        select(users).where(users.c.id == 1), None, pg, cache
+    )
+    assert result_key(stmt, None, pg, cache) != result_key(other, None, pg, cache)
+    assert result_key(stmt, None, pg, cache) != result_key(stmt, None, lite, cache)
+    bound = text("SELECT * FROM users WHERE id = :id")
+    assert result_key(bound, {"id": 1}, pg, cache) != result_key(bound, {"id": 2}, pg, cache)
+
+
+@pytest.mark.parametrize(
+    ("sql", "written"),
+    [
+        ("SELECT * FROM users", ()),
+        ("select count(*) from orders o join users u on u.id = o.user_id", ()),
+        ("BEGIN", ()),
+        ("INSERT INTO users (name) VALUES (%s)", ("users",)),
+        ("insert ignore into `users` values (1)", ("users",)),
+        ("REPLACE INTO users VALUES (1)", ("users",)),
+        ('UPDATE "orders" SET x = 1', ("orders",)),
+        ("DELETE FROM shop.items WHERE id = 1", ("shop.items", "items")),
+        ("TRUNCATE TABLE orders", ("orders",)),
+        ("UPDATE users SET a = 1;", ("users",)),
+        ("UPDATE users SET a = 1; DELETE FROM orders", (ALL_TABLES,)),
+        ("WITH x AS (SELECT 1) UPDATE users SET a = 1", (ALL_TABLES,)),
+        ("SELECT nextval('s')", (ALL_TABLES,)),
+        ("CALL refresh_all()", (ALL_TABLES,)),
+        ("ALTER TABLE users ADD COLUMN z int", (ALL_TABLES,)),
+        ("SELECT * INTO copy FROM users", (ALL_TABLES,)),
+    ],
+)
+def test_tables_written_by_sql(sql: str, written: tuple[str, ...]):
+    assert tables_written_by_sql(sql) == written
