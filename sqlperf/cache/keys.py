@@ -8,10 +8,10 @@ import re
 from collections import OrderedDict
 from typing import Any
 
-from sqlalchemy import Table
 from sqlalchemy.engine import Dialect
 from sqlalchemy.sql import visitors
 from sqlalchemy.sql.elements import ClauseElement
+from sqlalchemy.sql.expression import TableClause
 
 __all__ = ["ALL_TABLES", "result_key", "tables_read", "tables_written_by_sql"]
 
@@ -20,7 +20,7 @@ __all__ = ["ALL_TABLES", "result_key", "tables_read", "tables_written_by_sql"]
 ALL_TABLES = "*"
 
 
-def _table_name(t: Table) -> str:
+def _table_name(t: TableClause) -> str:
     return f"{t.schema}.{t.name}" if t.schema else t.name
 
 
@@ -57,7 +57,7 @@ def tables_read(stmt: ClauseElement) -> tuple[str, ...] | None:
         return None
     found = _tables_memo.get(cache_key.key)
     if found is None:
-        names = {_table_name(e) for e in visitors.iterate(stmt) if isinstance(e, Table)}
+        names = {_table_name(e) for e in visitors.iterate(stmt) if isinstance(e, TableClause)}
         found = (ALL_TABLES, *sorted(names)) if names else ()
         _tables_memo.put(cache_key.key, found)
     return found or None
@@ -84,6 +84,7 @@ _WRITE_WORD = re.compile(
     r"\b(INSERT|UPDATE|DELETE|MERGE|REPLACE|TRUNCATE|CREATE|ALTER|DROP|INTO|NEXTVAL|SETVAL|CALL|DO)\b",
     re.I,
 )
+_MULTI_TABLE = re.compile(r"^[^;]*?(,|\bJOIN\b)[^;]*?\bSET\b", re.I | re.S)
 _TRANSACTION = re.compile(r"^\s*(BEGIN|COMMIT|ROLLBACK|SAVEPOINT|RELEASE|SET|START)\b", re.I)
 
 
@@ -110,7 +111,14 @@ def tables_written_by_sql(sql: str) -> tuple[str, ...]:
         return ()
     body = sql.strip().rstrip(";")
     match = _DML.match(body)
-    if match and ";" not in body and not re.search(r"\bWITH\b", body[: match.start(1)], re.I):
+    if (
+        match
+        and ";" not in body
+        and not re.search(r"\bWITH\b", body[: match.start(1)], re.I)
+        # A multi-table UPDATE/DELETE (MySQL "UPDATE a JOIN b ... SET b.x") may write
+        # any of its tables: not understood.
+        and not _MULTI_TABLE.match(body[match.end(1) :])
+    ):
         name = re.sub(r"^ONLY\s+", "", match.group(1), flags=re.I)
         name = name.replace('"', "").replace("`", "").replace("[", "").replace("]", "")
         # "public.users" may be read as "users" (no schema in the metadata): bump both.
