@@ -56,7 +56,6 @@ class PoolPlan:
         pool_recycle: seconds after which a connection is replaced, below
             MySQL's default ``wait_timeout`` (8 h) and the idle cut-offs of
             common load balancers and proxies.
-        statement_timeout_ms: default server-side statement timeout, if any.
         read_write_timeout_s: how long a read or write may wait on a dead
             peer before the kernel fails it (MySQL: ``TCP_USER_TIMEOUT`` plus
             keepalives; PostgreSQL gets keepalives from libpq).
@@ -66,7 +65,6 @@ class PoolPlan:
     max_overflow: int
     pool_timeout: float
     pool_recycle: int
-    statement_timeout_ms: int | None
     read_write_timeout_s: int
 
 
@@ -105,7 +103,6 @@ def plan_pool(workload: Workload, cpus: int | None = None) -> PoolPlan:
             max_overflow=max(5, size // 2),
             pool_timeout=5.0,
             pool_recycle=1800,
-            statement_timeout_ms=None,
             read_write_timeout_s=60,
         )
     if workload == "worker":
@@ -114,7 +111,6 @@ def plan_pool(workload: Workload, cpus: int | None = None) -> PoolPlan:
             max_overflow=2,
             pool_timeout=30.0,
             pool_recycle=1800,
-            statement_timeout_ms=None,
             read_write_timeout_s=600,
         )
     return PoolPlan(
@@ -122,7 +118,6 @@ def plan_pool(workload: Workload, cpus: int | None = None) -> PoolPlan:
         max_overflow=2,
         pool_timeout=60.0,
         pool_recycle=3600,
-        statement_timeout_ms=None,
         read_write_timeout_s=3600,
     )
 
@@ -247,7 +242,7 @@ def create_optimized_engine(
     backend, driver = _resolve(t.url)
     memory = backend == "sqlite" and _is_memory_sqlite(t.url)
     t.kwargs.update(_pool_defaults(plan, memory, overrides))
-    timeout_ms = statement_timeout_ms or plan.statement_timeout_ms
+    timeout_ms = statement_timeout_ms
 
     if backend == "postgresql":
         if driver == "psycopg2":

@@ -732,21 +732,12 @@ def _replica_connection_failed(
 
 
 def _in_transaction(session: Session, engine: Engine) -> bool:
-    txn = session.get_transaction()
+    txn = session.get_transaction()  # the outermost transaction, which owns the connections
     return (
         txn is not None
         and txn.is_active
-        and session.in_transaction()
-        and any(c.engine is engine for c in _connections(txn))
+        and any(entry[0].engine is engine for entry in txn._connections.values())
     )
-
-
-def _connections(txn: SessionTransaction) -> list[Connection]:
-    root: SessionTransaction | None = txn
-    while root is not None and root.parent is not None:
-        root = root.parent
-    assert root is not None
-    return [entry[0] for entry in root._connections.values()]
 
 
 def _forget_connection(session: Session, replica: Engine) -> None:
@@ -755,12 +746,9 @@ def _forget_connection(session: Session, replica: Engine) -> None:
     Only reads ran on it, so there is nothing to commit there; leaving it would
     make the session's commit fail on the invalidated connection.
     """
-    txn = session.get_transaction()
-    if txn is None:
+    root = session.get_transaction()  # the outermost transaction
+    if root is None:
         return
-    root = txn
-    while root.parent is not None:
-        root = root.parent
     for key, entry in list(root._connections.items()):
         conn = entry[0]
         if conn.engine is replica:
