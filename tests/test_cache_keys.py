@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import Column, ForeignKey, Integer, MetaData, String, Table, func, select, text
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Column, ForeignKey, Integer, MetaData, String, Table, func, select
 
 from sqlperf.cache.keys import ALL_TABLES, result_key, tables_read, tables_written_by_sql
 
@@ -31,18 +30,12 @@ def test_tables_read_of_a_tableless_statement_is_not_cacheable():
     assert tables_read(select(func.now())) is None
 
 
-def test_result_key_depends_on_parameters_and_dialect():
-    stmt = select(users).where(users.c.id == 1)
-    other = select(users).where(users.c.id == 2)
-    cache: dict[object, str] = {}
-    pg, lite = postgresql.psycopg2.dialect(), sqlite.pysqlite.dialect()  # type: ignore[no-untyped-call]
-    assert result_key(stmt, None, pg, cache) == result_key(
-        select(users).where(users.c.id == 1), None, pg, cache
-    )
-    assert result_key(stmt, None, pg, cache) != result_key(other, None, pg, cache)
-    assert result_key(stmt, None, pg, cache) != result_key(stmt, None, lite, cache)
-    bound = text("SELECT * FROM users WHERE id = :id")
-    assert result_key(bound, {"id": 1}, pg, cache) != result_key(bound, {"id": 2}, pg, cache)
+def test_result_key_depends_on_sql_parameters_and_database():
+    key = result_key("pg\0test\0", "SELECT * FROM users WHERE id = %(id)s", {"id": 1})
+    assert key == result_key("pg\0test\0", "SELECT * FROM users WHERE id = %(id)s", {"id": 1})
+    assert key != result_key("pg\0test\0", "SELECT * FROM users WHERE id = %(id)s", {"id": 2})
+    assert key != result_key("pg\0prod\0", "SELECT * FROM users WHERE id = %(id)s", {"id": 1})
+    assert key != result_key("pg\0test\0", "SELECT * FROM orders WHERE id = %(id)s", {"id": 1})
 
 
 @pytest.mark.parametrize(

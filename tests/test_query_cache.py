@@ -210,6 +210,7 @@ def test_tampered_signed_payload_is_never_unpickled(tmp_path: Path, make_engine:
     with engine.connect() as conn:
         assert cache.execute(conn, select(t.c.v)).all() == [(1,)]
     assert not marker.exists()
+    cache.detach()
     # Unsigned caches still refuse to unpickle anything but plain data.
     unsigned_backend = MemoryBackend()
     unsigned = QueryCache(unsigned_backend).attach(engine)
@@ -222,7 +223,6 @@ def test_tampered_signed_payload_is_never_unpickled(tmp_path: Path, make_engine:
     assert unsigned.stats().bad_payloads == 1
     assert not marker.exists()
     unsigned.detach()
-    cache.detach()
 
 
 def test_redis_outage_fails_open_and_recovers(
@@ -243,6 +243,7 @@ def test_redis_outage_fails_open_and_recovers(
     try:
         with engine.begin() as conn:
             conn.execute(insert(t), [{"id": 1, "v": 1}])
+        cache.flush()  # the commit's in-flight mark is cleared off the commit's path
 
         def read() -> int:
             with engine.connect() as conn:
@@ -267,6 +268,7 @@ def test_redis_outage_fails_open_and_recovers(
         proxy.start()  # Redis is back
         time.sleep(1.05)  # the breaker's cool-down
         assert read() == 2  # the kept invalidation was delivered before any lookup
+        cache.flush()
         assert read() == 2
         assert cache.stats().hits > stats.hits  # caching resumed
     finally:

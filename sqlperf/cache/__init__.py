@@ -1,14 +1,27 @@
 """Query-result cache, invalidated on commit by table.
 
-* :class:`QueryCache`: ``attach(engine)`` to watch writes; ``execute(conn, stmt)``
-  for Core reads; ``invalidate(tables)`` for writes it cannot see.
-* Backends: :class:`MemoryBackend`, :class:`RedisBackend`, or anything that
-  satisfies the :class:`CacheBackend` protocol.
-
-The ORM hook (``install(sessionmaker)``, ``cached()``) is not built yet (issue 4).
+* :class:`QueryCache`: ``install(sessionmaker)`` for ORM sessions, ``attach(engine)``
+  for Core connections; ``cached()`` / ``no_cache()`` per statement or ``cache_all``;
+  ``invalidate(tables)`` for writes it cannot see.
+* Backends: :class:`MemoryBackend`, :class:`RedisBackend`, :class:`LayeredBackend`
+  (memory in front of Redis), or anything that satisfies the :class:`CacheBackend`
+  protocol.
 """
 
 from sqlperf.cache.backends import CacheBackend, Lookup, MemoryBackend, RedisBackend
-from sqlperf.cache.query_cache import CacheStats, QueryCache
+from sqlperf.cache.options import CacheDirective, CacheOption, cached, no_cache
+from sqlperf.cache.query_cache import CacheStats, QueryCache, cache_outcome
 
-__all__ = ["CacheBackend", "CacheStats", "Lookup", "MemoryBackend", "QueryCache", "RedisBackend"]
+__all__ = [
+    "CacheBackend",
+    "CacheDirective",
+    "CacheOption",
+    "CacheStats",
+    "Lookup",
+    "MemoryBackend",
+    "QueryCache",
+    "RedisBackend",
+    "cache_outcome",
+    "cached",
+    "no_cache",
+]

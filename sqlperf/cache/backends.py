@@ -118,6 +118,9 @@ class MemoryBackend:
         True
     """
 
+    #: In-process: clearing an in-flight mark costs nothing, so it is done at once.
+    is_local = True
+
     def __init__(self, *, max_entries: int = 10_000, max_bytes: int = 64 * 1024 * 1024) -> None:
         if max_entries < 1 or max_bytes < 1:
             raise ConfigurationError("max_entries and max_bytes must be positive")
@@ -255,10 +258,15 @@ return 1
 
 _BEGIN_WRITE = """
 local n = #KEYS / 2
+local names = {}
 for i = 1, n do
   redis.call('INCR', KEYS[i])
   redis.call('INCR', KEYS[n + i])
   redis.call('EXPIRE', KEYS[n + i], ARGV[1])
+  names[i] = string.sub(KEYS[i], #ARGV[3] + 1)
+end
+if ARGV[2] == '1' then
+  redis.call('PUBLISH', ARGV[3] .. 'invalidate', table.concat(names, string.char(10)))
 end
 return n
 """
@@ -309,6 +317,9 @@ class RedisBackend:
             )
         self.client = client
         self.namespace = namespace
+        #: Publish invalidated tables on ``<namespace>:invalidate`` (for
+        #: :class:`~sqlperf.cache.LayeredBackend`'s in-process level).
+        self.publish = False
         self._lookup = client.register_script(_LOOKUP)
         self._store = client.register_script(_STORE)
         self._begin = client.register_script(_BEGIN_WRITE)
@@ -353,12 +364,30 @@ class RedisBackend:
     def begin_write(self, tables: Sequence[str]) -> None:
         """See :meth:`CacheBackend.begin_write`."""
         if tables:
-            self._begin(keys=self._keys(tables), args=[INFLIGHT_TTL_S])
+            self._begin(
+                keys=self._keys(tables),
+                args=[INFLIGHT_TTL_S, "1" if self.publish else "0", f"{self.namespace}:gen:"],
+            )
 
     def end_write(self, tables: Sequence[str]) -> None:
         """See :meth:`CacheBackend.end_write`."""
         if tables:
             self._end(keys=[f"{self.namespace}:inflight:{t}" for t in tables])
+
+    @property
+    def channel(self) -> str:
+        """The pub/sub channel invalidations are published on (when :attr:`publish`)."""
+        return f"{self.namespace}:gen:invalidate"
+
+    def try_lock(self, key: str, ttl: float) -> bool:
+        """Take the fill lock of ``key`` for ``ttl`` seconds unless another process holds it
+        (optional backend method; enables ``QueryCache(lock_s=...)``)."""
+        lock = f"{self.namespace}:lock:{key}"
+        return bool(self.client.set(lock, b"1", nx=True, px=max(1, int(ttl * 1000))))
+
+    def unlock(self, key: str) -> None:
+        """Release the fill lock of ``key``."""
+        self.client.delete(f"{self.namespace}:lock:{key}")
 
     def clear(self) -> None:
         """Delete every key of this namespace (a SCAN; for tests and resets, not hot paths)."""

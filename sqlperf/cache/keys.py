@@ -8,12 +8,17 @@ import re
 from collections import OrderedDict
 from typing import Any
 
-from sqlalchemy.engine import Dialect
 from sqlalchemy.sql import visitors
 from sqlalchemy.sql.elements import ClauseElement
 from sqlalchemy.sql.expression import TableClause
 
-__all__ = ["ALL_TABLES", "result_key", "tables_read", "tables_written_by_sql"]
+__all__ = [
+    "ALL_TABLES",
+    "result_key",
+    "tables_of_compiled",
+    "tables_read",
+    "tables_written_by_sql",
+]
 
 #: Stands for "every table": a statement whose writes cannot be parsed bumps it,
 #: and every cached entry depends on it.
@@ -57,21 +62,38 @@ def tables_read(stmt: ClauseElement) -> tuple[str, ...] | None:
         return None
     found = _tables_memo.get(cache_key.key)
     if found is None:
-        names = {_table_name(e) for e in visitors.iterate(stmt) if isinstance(e, TableClause)}
-        found = (ALL_TABLES, *sorted(names)) if names else ()
+        found = _tables_in(stmt)
         _tables_memo.put(cache_key.key, found)
     return found or None
 
 
-def result_key(
-    stmt: ClauseElement, params: Any, dialect: Dialect, statement_cache: dict[Any, str]
-) -> str:
-    """A key stable across processes: the statement's SQL and bound values, hashed."""
-    cache_key = stmt._generate_cache_key()
-    assert cache_key is not None
-    offline = cache_key.to_offline_string(statement_cache, stmt, params or {})
-    digest = hashlib.blake2b(f"{dialect.name}\0{offline}".encode(), digest_size=20)
-    return digest.hexdigest()
+def result_key(prefix: str, statement: str, parameters: Any) -> str:
+    """A key stable across processes: the SQL text sent to the database and its
+    parameters (by ``repr``), hashed. ``prefix`` names the namespace, dialect and
+    database, so equal SQL on two databases never shares an entry."""
+    raw = f"{prefix}{statement}\0{parameters!r}".encode()
+    return hashlib.blake2b(raw, digest_size=20).hexdigest()
+
+
+def tables_of_compiled(compiled: Any) -> tuple[str, ...]:
+    """The tables a compiled ``SELECT`` reads, as :func:`tables_read`, or ``()`` if it
+    must not be cached (no table, ``FOR UPDATE``). For ORM statements this is the
+    statement as compiled, with its eager joins. Memoized on the compiled object,
+    which SQLAlchemy itself caches."""
+    found: tuple[str, ...] | None = compiled.__dict__.get("_sqlperf_cache_tables")
+    if found is None:
+        stmt = getattr(compiled.compile_state, "statement", None)
+        if stmt is None:
+            stmt = compiled.statement
+        # A locking read (FOR UPDATE) must reach the database.
+        found = () if getattr(stmt, "_for_update_arg", None) is not None else _tables_in(stmt)
+        compiled.__dict__["_sqlperf_cache_tables"] = found
+    return found
+
+
+def _tables_in(stmt: ClauseElement) -> tuple[str, ...]:
+    names = {_table_name(e) for e in visitors.iterate(stmt) if isinstance(e, TableClause)}
+    return (ALL_TABLES, *sorted(names)) if names else ()
 
 
 _DML = re.compile(

@@ -1,24 +1,33 @@
 """``QueryCache``: results cached by statement, invalidated on commit by table.
 
-This module holds the Core side (``cache.execute(conn, stmt)``) and the
-invalidation machinery every side shares:
+How a read is served: the cache listens to the DB-API ``do_execute`` step of
+each attached engine. A statement that asked for the cache (``cached()``, or
+``cache_all=True``) is looked up by its SQL text, its parameters and the
+generations of the tables it reads; a hit hands SQLAlchemy a cursor that plays
+the stored rows back (:class:`~sqlperf.cache.replay.ReplayCursor`), so Core
+results and ORM loading (identity map, eager loads, types) run unchanged and
+no ORM state is ever stored. A miss runs the query, keeps its rows and stores
+them.
 
-* **what is written**: listeners on each attached engine note the tables every
-  ``INSERT``/``UPDATE``/``DELETE`` touches (Core, ORM flushes, bulk helpers),
-  and for raw SQL the table parsed from the text, or *every* table when the
-  statement cannot be understood;
+How writes invalidate:
+
+* **what is written**: every ``INSERT``/``UPDATE``/``DELETE`` on a connection of
+  an attached engine (Core, ORM flushes, bulk helpers) notes its table; raw SQL
+  is parsed, and a statement that cannot be understood counts as writing
+  *every* table;
 * **when it becomes visible**: just before the commit of a transaction that
-  wrote, the tables' generations are bumped and marked *in flight*; the mark is
-  cleared when the connection is next used or returned to the pool, which for
-  ``with engine.begin()`` and ``Session.commit()`` happens before they return.
-  In between, readers neither use nor store entries of those tables, so after
-  ``commit()`` returns no reader gets pre-commit data, and a reader that ran
-  its query before the commit cannot store it under the new generation;
-* **what may be stored**: a result read inside a transaction that wrote is never
-  stored; under ``REPEATABLE READ``/``SERIALIZABLE`` (MySQL's default) only the
-  first statement of a transaction stores, because later ones read an older
-  snapshot than the generations they would be stored under; every store is
-  conditional on the generations read before the query (see the backends).
+  wrote, the tables' generations are bumped and marked *in flight* (one backend
+  round trip). The mark is cleared after the commit, off the commit's path (a
+  background thread for remote backends). While it is set, readers neither use
+  nor store entries of those tables, so after ``commit()`` returns no reader
+  gets pre-commit data, and a reader that ran its query before the commit
+  cannot store it under the new generation;
+* **what may be stored**: nothing read in a transaction that wrote; under
+  ``REPEATABLE READ``/``SERIALIZABLE`` (MySQL's default) only what the first
+  statement of a transaction read, because later ones read an older snapshot
+  than the generations they would be stored under; nothing read from a
+  replica, whose lag the entry would outlive; and every store is conditional
+  on the generations read before the query (see the backends).
 
 A backend that fails (Redis down or slow) never fails a query: the cache opens a
 circuit breaker and queries go to the database. Invalidations that could not be
@@ -29,14 +38,13 @@ writes should have invalidated for at most the entry's TTL.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import io
 import logging
-import pickle
+import os
+import queue
 import random
 import threading
 import time
+import weakref
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -44,46 +52,39 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, event
 from sqlalchemy.engine import Result
-from sqlalchemy.engine.result import IteratorResult, SimpleResultMetaData
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm.session import ORMExecuteState, SessionTransaction
 from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.sql.base import Executable
-from sqlalchemy.sql.elements import ClauseElement
 
-from sqlperf.cache.backends import CacheBackend
-from sqlperf.cache.keys import ALL_TABLES, result_key, tables_read, tables_written_by_sql
+from sqlperf.cache.backends import CacheBackend, Lookup
+from sqlperf.cache.flight import SingleFlight
+from sqlperf.cache.keys import ALL_TABLES, result_key, tables_of_compiled, tables_written_by_sql
+from sqlperf.cache.options import CACHE_OPTION, CacheDirective, directive_of
+from sqlperf.cache.payload import BadPayload, PayloadCodec
+from sqlperf.cache.replay import ReplayCursor
 from sqlperf.exceptions import ConfigurationError
+from sqlperf.routing import ROUTE_OPTION, engine_role
 
-__all__ = ["CacheStats", "QueryCache"]
+__all__ = ["CacheStats", "QueryCache", "cache_outcome"]
 
 logger = logging.getLogger("sqlperf.cache")
 
 _WRITTEN = "sqlperf.cache.written"
 _COMMITTING = "sqlperf.cache.committing"
+_FRESH = "sqlperf.cache.fresh"
+_OUTCOME_ATTR = "_sqlperf_cache_outcome"
+_OWNER_ATTR = "_sqlperf_query_cache"
 _SNAPSHOT_LEVELS = frozenset({"REPEATABLE READ", "SERIALIZABLE"})
-_MAC_SIZE = 32
-
-# Only plain data may come out of a cached payload, whoever wrote it.
-_SAFE_GLOBALS = {
-    ("builtins", name)
-    for name in ("tuple", "list", "dict", "set", "frozenset", "bytearray", "complex", "slice")
-} | {
-    ("datetime", "datetime"),
-    ("datetime", "date"),
-    ("datetime", "time"),
-    ("datetime", "timedelta"),
-    ("datetime", "timezone"),
-    ("decimal", "Decimal"),
-    ("uuid", "UUID"),
-    ("copyreg", "_reconstructor"),
-    ("builtins", "object"),
-}
+_DEFAULT = CacheDirective()
 
 
-class _DataUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) not in _SAFE_GLOBALS:
-            raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a cached result")
-        return super().find_class(module, name)
+def cache_outcome(context: Any) -> str | None:
+    """What the cache did with the statement of an execution context: ``"hit"``,
+    ``"miss"``, ``"bypass:<reason>"``, or ``None`` if it was not a cached statement.
+    For listeners such as the query recorder (``after_cursor_execute``)."""
+    outcome: str | None = getattr(context, _OUTCOME_ATTR, None)
+    return outcome
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -92,12 +93,15 @@ class CacheStats:
 
     Attributes:
         hits / misses / stores: lookups answered, lookups not answered, entries written.
-        bypasses: queries not looked up, by reason (``"dirty_transaction"``,
-            ``"in_flight"``, ``"uncacheable"``, ``"breaker_open"``, ``"snapshot"``).
+        bypasses: cached statements not served from nor stored in the cache, by
+            reason (``"dirty_transaction"``, ``"in_flight"``, ``"uncacheable"``,
+            ``"breaker_open"``, ``"snapshot"``, ``"replica_read"``, ``"streaming"``,
+            ``"unpicklable"``).
         invalidations: generation bumps, per table.
         errors: backend failures (each also counted by the breaker).
         bad_payloads: entries dropped because their signature or content was wrong.
-        bytes_stored: total size of the payloads stored.
+        bytes_stored / bytes_served: total size of the payloads stored and hit.
+        flight_waits: misses that waited for another thread's identical query.
     """
 
     hits: int
@@ -108,6 +112,8 @@ class CacheStats:
     errors: int
     bad_payloads: int
     bytes_stored: int
+    bytes_served: int
+    flight_waits: int
 
     @property
     def hit_ratio(self) -> float:
@@ -125,6 +131,8 @@ class _Counters:
     errors: int = 0
     bad_payloads: int = 0
     bytes_stored: int = 0
+    bytes_served: int = 0
+    flight_waits: int = 0
     bypasses: Counter[str] = field(default_factory=Counter)
     invalidations: Counter[str] = field(default_factory=Counter)
 
@@ -150,40 +158,108 @@ class _Breaker:
             self.open_until = time.monotonic() + self.cooldown_s
 
 
+class _MarkClearer:
+    """Clears in-flight marks off the commit's path, on a daemon thread (restarted
+    after a fork). ``flush()`` waits until everything queued was sent."""
+
+    def __init__(self, send: Callable[[Sequence[str]], None]) -> None:
+        self._send = send
+        self._queue: queue.Queue[list[str] | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+        self._lock = threading.Lock()
+
+    def put(self, tables: list[str]) -> None:
+        if self._pid != os.getpid() or self._thread is None:
+            with self._lock:
+                if self._pid != os.getpid() or self._thread is None:
+                    self._queue = queue.Queue()
+                    self._thread = threading.Thread(
+                        target=self._run, name="sqlperf-cache-marks", daemon=True
+                    )
+                    self._pid = os.getpid()
+                    self._thread.start()
+        self._queue.put(tables)
+
+    def _run(self) -> None:
+        q = self._queue
+        while True:
+            tables = q.get()
+            if tables is None:
+                q.task_done()
+                return
+            batch = list(tables)
+            n = 1
+            while True:  # whatever piled up goes in the same round trip
+                try:
+                    more = q.get_nowait()
+                except queue.Empty:
+                    break
+                n += 1
+                if more is None:
+                    q.put(None)
+                    n -= 1
+                    q.task_done()
+                    break
+                batch.extend(more)
+            self._send(batch)
+            for _ in range(n):
+                q.task_done()
+
+    def flush(self) -> None:
+        if self._thread is not None and self._pid == os.getpid():
+            self._queue.join()
+
+    def stop(self) -> None:
+        if self._thread is not None and self._pid == os.getpid():
+            self._queue.put(None)
+            self._thread.join(5)
+        self._thread = None
+
+
 class QueryCache:
     """A result cache whose entries are invalidated on commit, by table.
 
     Args:
         backend: where entries and generations live (:class:`~sqlperf.cache.MemoryBackend`,
-            :class:`~sqlperf.cache.RedisBackend`, or any :class:`~sqlperf.cache.CacheBackend`).
+            :class:`~sqlperf.cache.RedisBackend`, :class:`~sqlperf.cache.LayeredBackend`,
+            or any :class:`~sqlperf.cache.CacheBackend`).
         ttl: default seconds an entry lives.
-        jitter: entries live ``ttl * (1 ± jitter)``, so entries stored together
-            do not expire together.
+        cache_all: cache every ``SELECT`` on attached engines (except ``FOR UPDATE``,
+            ``text()`` and statements with ``no_cache()``), not only ``cached()`` ones.
+        namespace: prefix of keys and table generations, to keep apart caches that
+            share a backend but not a database.
         signing_key: if given, payloads are HMAC-SHA256 signed; an entry whose
             signature fails is dropped and counted, never unpickled.
+        jitter: entries live ``ttl * (1 ± jitter)``, so entries stored together
+            do not expire together.
         cache_empty: also cache results with no rows.
+        single_flight: concurrent misses on one key in this process run the query once.
+        lock_s: if set and the backend supports it (``RedisBackend``), a miss also
+            takes a lock of that many seconds in the backend, so concurrent misses
+            across processes run the query once.
         breaker_threshold / breaker_cooldown_s: after that many consecutive
             backend failures, skip the backend for that long.
 
     Example::
 
-        >>> from sqlalchemy import text
+        >>> from sqlalchemy import column, select, table
         >>> from sqlperf import create_optimized_engine
-        >>> from sqlperf.cache import MemoryBackend, QueryCache
+        >>> from sqlperf.cache import MemoryBackend, QueryCache, cached
         >>> engine = create_optimized_engine("sqlite://")
         >>> cache = QueryCache(MemoryBackend()).attach(engine)
         >>> with engine.begin() as conn:
         ...     _ = conn.exec_driver_sql("CREATE TABLE t (v int)")
         ...     _ = conn.exec_driver_sql("INSERT INTO t VALUES (1)")
-        >>> from sqlalchemy import table, column, select
         >>> t = table("t", column("v"))
         >>> with engine.connect() as conn:
-        ...     cache.execute(conn, select(t.c.v)).all()
-        ...     cache.execute(conn, select(t.c.v)).all()
+        ...     conn.execute(select(t.c.v).options(cached())).all()
+        ...     conn.execute(select(t.c.v).options(cached())).all()
         [(1,)]
         [(1,)]
         >>> cache.stats().hits
         1
+        >>> cache.close()
     """
 
     def __init__(
@@ -191,9 +267,13 @@ class QueryCache:
         backend: CacheBackend,
         *,
         ttl: float = 300.0,
-        jitter: float = 0.1,
+        cache_all: bool = False,
+        namespace: str = "",
         signing_key: bytes | str | None = None,
+        jitter: float = 0.1,
         cache_empty: bool = True,
+        single_flight: bool = True,
+        lock_s: float | None = None,
         breaker_threshold: int = 3,
         breaker_cooldown_s: float = 5.0,
     ) -> None:
@@ -203,47 +283,82 @@ class QueryCache:
                 "begin_write, end_write, clear and close (see sqlperf.cache.CacheBackend)"
             )
         if ttl <= 0 or not 0 <= jitter < 1:
-            raise ConfigurationError("ttl must be > 0 and jitter in [0, 1)")
+            raise ConfigurationError(
+                f"QueryCache(ttl={ttl!r}, jitter={jitter!r}): ttl must be > 0 and jitter in [0, 1)"
+            )
+        if lock_s is not None and (lock_s <= 0 or not hasattr(backend, "try_lock")):
+            raise ConfigurationError(
+                f"lock_s={lock_s!r} needs a positive number of seconds and a backend with "
+                "try_lock/unlock (RedisBackend)"
+            )
         self.backend = backend
         self.ttl = ttl
+        self.cache_all = cache_all
+        self.namespace = namespace
         self.jitter = jitter
         self.cache_empty = cache_empty
-        self._key = signing_key.encode() if isinstance(signing_key, str) else signing_key
+        self.lock_s = lock_s
+        self._codec = PayloadCodec(signing_key)
         self._breaker = _Breaker(breaker_threshold, breaker_cooldown_s)
         self._counters = _Counters()
-        self._sql_cache: dict[Any, str] = {}
+        self._flight = SingleFlight() if single_flight else None
         self._pending: set[str] = set()  # invalidations not yet delivered
         self._pending_lock = threading.Lock()
         self._attached: dict[int, tuple[Engine, list[tuple[str, Callable[..., Any]]]]] = {}
+        self._installed: list[tuple[Any, list[tuple[str, Callable[..., Any]]]]] = []
+        # A local backend clears marks at once; a remote one off the commit's path.
+        self._marks = None if getattr(backend, "is_local", False) else _MarkClearer(self._clear)
+        self._attach_lock = threading.Lock()
 
     # -- engines ------------------------------------------------------------------------
 
     def attach(self, *engines: Engine) -> QueryCache:
-        """Watch ``engines`` for writes, so their commits invalidate. Returns ``self``."""
-        for engine in engines:
-            if id(engine) in self._attached:
-                continue
-            listeners = self._listeners()
-            for name, fn in listeners:
-                event.listen(engine, name, fn)
-            self._attached[id(engine)] = (engine, listeners)
+        """Serve cached statements and watch writes on ``engines``. Returns ``self``."""
+        with self._attach_lock:
+            for engine in engines:
+                if not isinstance(engine, Engine):
+                    raise ConfigurationError(f"attach() takes Engines, not {type(engine).__name__}")
+                if id(engine) in self._attached:
+                    continue
+                owner = engine.__dict__.get(_OWNER_ATTR)
+                if owner is not None and owner() is not None:
+                    raise ConfigurationError(
+                        f"{engine!r} is already attached to another QueryCache: one cache per "
+                        "engine (detach the other first)"
+                    )
+                engine.__dict__[_OWNER_ATTR] = weakref.ref(self)
+                listeners = self._listeners(engine)
+                for name, fn in listeners:
+                    event.listen(engine, name, fn)
+                self._attached[id(engine)] = (engine, listeners)
         return self
 
     def detach(self, *engines: Engine) -> None:
         """Undo :meth:`attach` (all attached engines if none are given)."""
-        for key in [id(e) for e in engines] or list(self._attached):
-            entry = self._attached.pop(key, None)
-            if entry is None:
-                continue
-            engine, listeners = entry
-            for name, fn in listeners:
-                if event.contains(engine, name, fn):
-                    event.remove(engine, name, fn)
+        with self._attach_lock:
+            for key in [id(e) for e in engines] or list(self._attached):
+                entry = self._attached.pop(key, None)
+                if entry is None:
+                    continue
+                engine, listeners = entry
+                for name, fn in listeners:
+                    if event.contains(engine, name, fn):
+                        event.remove(engine, name, fn)
+                engine.__dict__.pop(_OWNER_ATTR, None)
+        if self._marks is not None:
+            self._marks.flush()
 
-    def _listeners(self) -> list[tuple[str, Callable[..., Any]]]:
+    def _listeners(self, engine: Engine) -> list[tuple[str, Callable[..., Any]]]:
+        database = f"{self.namespace}\0{engine.dialect.name}\0{engine.url.database or ''}\0"
+
         def before_cursor_execute(  # noqa: PLR0917 - SQLAlchemy's signature
             conn: Connection, cursor: Any, statement: str, params: Any, context: Any, many: bool
         ) -> None:
+            info = conn.info
+            if _FRESH in info:
+                del info[_FRESH]
+                if context is not None:
+                    context._sqlperf_first = True
             if context is None:
                 return
             names: Sequence[str] | None
@@ -257,13 +372,29 @@ class QueryCache:
             elif (
                 context.compiled is None
                 or getattr(context.compiled, "statement", None) is None
-                or (context.is_text)
+                or context.is_text
             ):
                 names = tables_written_by_sql(statement)
             else:
                 return
             if names:
                 self._note_written(conn, names)
+
+        def do_execute(cursor: Any, statement: str, parameters: Any, context: Any) -> bool:
+            directive = self._directive(context)
+            if directive is None:
+                return False
+            return self._serve(cursor, statement, parameters, context, directive, database)
+
+        def do_execute_no_params(cursor: Any, statement: str, context: Any) -> bool:
+            directive = self._directive(context)
+            if directive is None:
+                return False
+            return self._serve(cursor, statement, None, context, directive, database)
+
+        def on_begin(conn: Connection) -> None:
+            self._end_write(conn.info.pop(_COMMITTING, None))
+            conn.info[_FRESH] = True
 
         def on_commit(conn: Connection) -> None:
             written = conn.info.pop(_WRITTEN, None)
@@ -275,18 +406,18 @@ class QueryCache:
         def on_rollback(conn: Connection) -> None:
             conn.info.pop(_WRITTEN, None)
 
-        def on_begin(conn: Connection) -> None:
-            self._end_write(conn.info.pop(_COMMITTING, None))
-
         def on_checkin(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
             self._end_write(record.info.pop(_COMMITTING, None))
             record.info.pop(_WRITTEN, None)
+            record.info.pop(_FRESH, None)
 
         return [
             ("before_cursor_execute", before_cursor_execute),
+            ("do_execute", do_execute),
+            ("do_execute_no_params", do_execute_no_params),
+            ("begin", on_begin),
             ("commit", on_commit),
             ("rollback", on_rollback),
-            ("begin", on_begin),
             ("checkin", on_checkin),
         ]
 
@@ -301,19 +432,90 @@ class QueryCache:
             conn.info[_WRITTEN] = written = set()
         written.update(names)
 
+    # -- sessions ---------------------------------------------------------------------------
+
+    def install(self, target: sessionmaker[Any] | type[Session] | Session) -> QueryCache:
+        """Use the cache in the sessions of ``target`` (a ``sessionmaker``, a ``Session``
+        subclass or one session). Returns ``self``.
+
+        The engines the sessions use are attached (:meth:`attach`): those named in
+        the ``sessionmaker`` at once, others when a session first begins on them.
+        In a :class:`~sqlperf.RoutingSession`, cached statements are answered by
+        the cache or, on a miss, by the primary: a replica's answer may lag, and a
+        cached copy would outlive the lag.
+        """
+        if target is Session:
+            raise ConfigurationError(
+                "install(Session) would change every Session of the process: pass your "
+                "sessionmaker, a Session subclass or a session"
+            )
+        if not (
+            isinstance(target, (sessionmaker, Session))
+            or (isinstance(target, type) and issubclass(target, Session))
+        ):
+            raise ConfigurationError(
+                f"install() takes a sessionmaker, a Session subclass or a Session, "
+                f"not {type(target).__name__}"
+            )
+        if any(t is target for t, _ in self._installed):
+            return self
+        self.attach(*_engines_of(target))
+        listeners: list[tuple[str, Callable[..., Any]]] = [
+            ("do_orm_execute", self._on_orm_execute),
+            ("after_begin", self._on_after_begin),
+        ]
+        for name, fn in listeners:
+            event.listen(target, name, fn)
+        self._installed.append((target, listeners))
+        return self
+
+    def uninstall(self, target: Any = None) -> None:
+        """Undo :meth:`install` for ``target`` (every target if ``None``). Engines stay
+        attached; :meth:`detach` them too if the cache is being dropped."""
+        keep = []
+        for t, listeners in self._installed:
+            if target is not None and t is not target:
+                keep.append((t, listeners))
+                continue
+            for name, fn in listeners:
+                if event.contains(t, name, fn):
+                    event.remove(t, name, fn)
+        self._installed = keep
+
+    def _on_orm_execute(self, state: ORMExecuteState) -> None:
+        if not state.is_select or ROUTE_OPTION in state.bind_arguments:
+            return
+        if not hasattr(state.session, "replicas"):
+            return
+        directive = state.execution_options.get(CACHE_OPTION)
+        if directive is None:
+            directive = directive_of(state.user_defined_options)
+            if directive is None and self.cache_all:
+                directive = _DEFAULT
+        if directive is not None and directive.enabled:
+            state.bind_arguments[ROUTE_OPTION] = "primary"
+
+    def _on_after_begin(
+        self, session: Session, transaction: SessionTransaction, connection: Connection
+    ) -> None:
+        if id(connection.engine) not in self._attached:
+            self.attach(connection.engine)
+
     # -- invalidation ---------------------------------------------------------------------
 
     def invalidate(self, tables: Iterable[str]) -> None:
-        """Invalidate every entry that read ``tables`` (for writes sqlperf cannot see,
-        e.g. another service, or the bulk helpers)."""
-        names = sorted(set(tables))
+        """Invalidate every entry that read ``tables``, now (for writes sqlperf cannot
+        see: another service, ``COPY``, the bulk helpers)."""
+        names = sorted({self.namespace + t for t in tables})
         if names:
-            self._begin_write(names)
-            self._end_write(names)
+            self._begin_write(names, prefixed=True)
+            self._clear(names)
 
-    def _begin_write(self, tables: Sequence[str]) -> None:
+    def _begin_write(self, tables: Sequence[str], *, prefixed: bool = False) -> None:
+        if self.namespace and not prefixed:
+            tables = [self.namespace + t for t in tables]
         with self._counters.lock:
-            self._counters.invalidations.update(tables)
+            self._counters.invalidations.update(t[len(self.namespace) :] for t in tables)
         if not self._deliver_pending():
             with self._pending_lock:
                 self._pending.update(tables)
@@ -326,9 +528,17 @@ class QueryCache:
             with self._pending_lock:
                 self._pending.update(tables)
 
-    def _end_write(self, tables: Sequence[str] | None) -> None:
+    def _end_write(self, tables: list[str] | None) -> None:
         if not tables:
             return
+        if self.namespace:
+            tables = [self.namespace + t for t in tables]
+        if self._marks is None:
+            self._clear(tables)
+        else:
+            self._marks.put(tables)
+
+    def _clear(self, tables: Sequence[str]) -> None:
         try:
             self.backend.end_write(tables)
         except Exception:
@@ -371,11 +581,13 @@ class QueryCache:
         ttl: float | None = None,
         tables: Sequence[str] | None = None,
     ) -> Result[Any]:
-        """Run a read through the cache on a Core connection.
+        """Run a read through the cache on a Core connection of an attached engine.
+
+        The same as ``conn.execute(stmt.options(cached(ttl, tables=tables)), params)``.
 
         Args:
             conn: a connection of an attached engine.
-            stmt: a ``select()`` (or ``text()`` with ``tables=``).
+            stmt: a ``select()``, or a ``text()`` with ``tables=``.
             params: bound parameters, as for ``conn.execute``.
             ttl: seconds this entry lives, instead of the cache's ``ttl``.
             tables: the tables a ``text()`` statement reads (required to cache it).
@@ -383,75 +595,212 @@ class QueryCache:
         Returns:
             A ``Result``, from the cache or from the database.
         """
-        read = (
-            (ALL_TABLES, *sorted(set(tables)))
-            if tables
-            else tables_read(stmt)
-            if isinstance(stmt, ClauseElement)
-            else None
+        if id(conn.engine) not in self._attached:
+            raise ConfigurationError(
+                "this connection's engine is not attached to the cache: call cache.attach(engine)"
+            )
+        names = tuple(sorted(set(tables))) if tables else None
+        result: Result[Any] = conn.execute(
+            stmt, params, execution_options={CACHE_OPTION: CacheDirective(True, ttl, names)}
         )
-        reason = self._bypass_reason(conn, read)
+        return result
+
+    def _directive(self, context: Any) -> CacheDirective | None:
+        directive: CacheDirective | None = context.execution_options.get(CACHE_OPTION)
+        if directive is None:
+            stmt = context.invoked_statement
+            options = getattr(stmt, "_with_options", None)
+            if options:
+                directive = directive_of(options)
+            if directive is None:
+                if not self.cache_all or context.is_text:
+                    return None
+                directive = _DEFAULT
+        if (
+            not directive.enabled
+            or context.isinsert
+            or context.isupdate
+            or context.isdelete
+            or context.isddl
+            or context.executemany
+        ):
+            return None
+        return directive
+
+    def _serve(  # noqa: PLR0911, PLR0917 - the DB-API step's arguments plus ours
+        self,
+        cursor: Any,
+        statement: str,
+        parameters: Any,
+        context: Any,
+        directive: CacheDirective,
+        database: str,
+    ) -> bool:
+        """Answer a cached statement from the cache or the database; True: handled."""
+        conn: Connection = context.root_connection
+        tables = _tables_of(context, directive)
+        reason = None
+        if not tables:
+            reason = "uncacheable"
+        elif conn.info.get(_WRITTEN):
+            reason = "dirty_transaction"
+        elif context._is_server_side:
+            reason = "streaming"
+        elif not self._deliver_pending():
+            reason = "breaker_open"
         if reason is not None:
             self._count_bypass(reason)
-            return _run(conn, stmt, params)
-        assert read is not None
-        assert isinstance(stmt, ClauseElement)  # read is None for anything else
-        key = result_key(stmt, params, conn.dialect, self._sql_cache)
+            context._sqlperf_cache_outcome = "bypass:" + reason
+            return False
+        if self.namespace:
+            tables = tuple(self.namespace + t for t in tables)
+        key = result_key(database, statement, parameters)
+        look = self._lookup(key, tables)
+        if look is None:
+            context._sqlperf_cache_outcome = "bypass:breaker_open"
+            return False
+        if look.value is not None and self._replay(look.value, cursor, context):
+            return True
+        if self._flight is None:
+            return self._fill(cursor, statement, parameters, context, key, tables, look)
+        with self._flight.lead(key) as leader:
+            if not leader:
+                with self._counters.lock:
+                    self._counters.flight_waits += 1
+                look = self._lookup(key, tables)
+                if look is None:
+                    return False
+                if look.value is not None and self._replay(look.value, cursor, context):
+                    return True
+            return self._fill(cursor, statement, parameters, context, key, tables, look)
+
+    def _lookup(self, key: str, tables: Sequence[str]) -> Lookup | None:
         try:
-            look = self.backend.lookup(key, read)
-            self._breaker.succeeded()
+            look = self.backend.lookup(key, tables)
         except Exception:
             self._failed("lookup")
-            return _run(conn, stmt, params)
-        if look.value is not None:
-            decoded = self._decode(look.value)
-            if decoded is not None:
-                with self._counters.lock:
-                    self._counters.hits += 1
-                return _result(*decoded)
+            return None
+        self._breaker.succeeded()
+        return look
+
+    def _replay(self, value: bytes, cursor: Any, context: Any) -> bool:
+        try:
+            description, rows = self._codec.decode(value)
+        except BadPayload as exc:
+            with self._counters.lock:
+                self._counters.bad_payloads += 1
+            logger.warning("dropped a cached payload with a bad %s", exc)
+            return False
+        context.cursor = ReplayCursor(description, rows, cursor)
+        context._sqlperf_cache_outcome = "hit"
+        with self._counters.lock:
+            self._counters.hits += 1
+            self._counters.bytes_served += len(value)
+        return True
+
+    def _fill(  # noqa: PLR0917
+        self,
+        cursor: Any,
+        statement: str,
+        parameters: Any,
+        context: Any,
+        key: str,
+        tables: Sequence[str],
+        look: Lookup,
+    ) -> bool:
+        """Run the query on the database and store its rows if that is safe."""
         with self._counters.lock:
             self._counters.misses += 1
-        # Decided before the query: a statement that opens the transaction reads
-        # a snapshot taken after the generations were read.
-        storable = not look.in_flight and _snapshot_is_fresh(conn)
-        result = _run(conn, stmt, params)
-        columns = tuple(str(k) for k in result.keys())  # noqa: SIM118 - plain str, not quoted_name
-        rows = [tuple(r) for r in result]
-        if not storable:
-            self._count_bypass("in_flight" if look.in_flight else "snapshot")
-        elif (rows or self.cache_empty) and not conn.info.get(_WRITTEN):
-            self._store(key, read, look.generations, columns=columns, rows=rows, ttl=ttl)
-        return _result(columns, rows)
+        context._sqlperf_cache_outcome = "miss"
+        locked = False
+        if self.lock_s is not None and not look.in_flight:
+            locked = self._cross_process_wait(key, tables, cursor, context)
+            if context._sqlperf_cache_outcome == "hit":
+                return True
+        try:
+            if parameters is None:
+                context.dialect.do_execute_no_params(cursor, statement, context)
+            else:
+                context.dialect.do_execute(cursor, statement, parameters, context)
+            description = cursor.description
+            rows = list(cursor.fetchall()) if description is not None else []
+            if description is not None:
+                context.cursor = ReplayCursor(description, rows, cursor)
+            reason = self._unstorable(context, look)
+            if reason is not None:
+                self._count_bypass(reason)
+            elif description is not None and (rows or self.cache_empty):
+                self._store(key, tables, look.generations, description, rows, context)
+        finally:
+            if locked:
+                self._unlock(key)
+        return True
 
-    def _bypass_reason(self, conn: Connection, read: Sequence[str] | None) -> str | None:
-        if read is None:
-            return "uncacheable"
-        if conn.info.get(_WRITTEN):
+    def _unstorable(self, context: Any, look: Lookup) -> str | None:
+        if look.in_flight:
+            return "in_flight"
+        if engine_role(context.root_connection.engine) == "replica":
+            return "replica_read"
+        if context.root_connection.info.get(_WRITTEN):
             return "dirty_transaction"
-        if not self._deliver_pending():
-            return "breaker_open"
+        if not getattr(context, "_sqlperf_first", False) and not _reads_fresh(
+            context.root_connection
+        ):
+            return "snapshot"
         return None
+
+    def _cross_process_wait(self, key: str, tables: Sequence[str], cursor: Any, ctx: Any) -> bool:
+        """Take the backend lock for ``key``, or wait (up to ``lock_s``) for its holder's
+        entry. True if this process holds the lock."""
+        assert self.lock_s is not None
+        backend: Any = self.backend
+        deadline = time.monotonic() + self.lock_s
+        delay = 0.002
+        try:
+            while True:
+                if backend.try_lock(key, self.lock_s):
+                    return True
+                if time.monotonic() >= deadline:
+                    return False
+                time.sleep(delay)
+                delay = min(delay * 2, 0.05)
+                look = self.backend.lookup(key, tables)
+                if look.value is not None and self._replay(look.value, cursor, ctx):
+                    with self._counters.lock:  # counted as a miss already
+                        self._counters.misses -= 1
+                    return False
+        except Exception:
+            self._failed("lock")
+            return False
+
+    def _unlock(self, key: str) -> None:
+        backend: Any = self.backend
+        try:
+            backend.unlock(key)
+        except Exception:
+            self._failed("unlock")  # the lock expires by itself
 
     def _count_bypass(self, reason: str) -> None:
         with self._counters.lock:
             self._counters.bypasses[reason] += 1
 
-    def _store(
+    def _store(  # noqa: PLR0917
         self,
         key: str,
         tables: Sequence[str],
         generations: Sequence[int],
-        *,
-        columns: tuple[str, ...],
+        description: Sequence[Sequence[Any]],
         rows: list[tuple[Any, ...]],
-        ttl: float | None,
+        context: Any,
     ) -> None:
         try:
-            payload = self._encode(columns, rows)
-        except (pickle.PicklingError, TypeError):
+            payload = self._codec.encode(description, rows)
+        except Exception:  # a value that is not plain data (pickling errors vary)
             self._count_bypass("unpicklable")
             return
-        life = (ttl or self.ttl) * (1 + random.uniform(-self.jitter, self.jitter))
+        directive = context.execution_options.get(CACHE_OPTION)
+        ttl = (directive.ttl if directive is not None else None) or self.ttl
+        life = ttl * (1 + random.uniform(-self.jitter, self.jitter))
         try:
             stored = self.backend.store(key, tables, generations, payload, life)
             self._breaker.succeeded()
@@ -463,31 +812,7 @@ class QueryCache:
                 self._counters.stores += 1
                 self._counters.bytes_stored += len(payload)
 
-    def _encode(self, columns: tuple[str, ...], rows: list[tuple[Any, ...]]) -> bytes:
-        payload = pickle.dumps((columns, rows), protocol=pickle.HIGHEST_PROTOCOL)
-        if self._key is None:
-            return payload
-        return hmac.new(self._key, payload, hashlib.sha256).digest() + payload
-
-    def _decode(self, value: bytes) -> tuple[tuple[str, ...], list[tuple[Any, ...]]] | None:
-        payload = value
-        if self._key is not None:
-            mac, payload = value[:_MAC_SIZE], value[_MAC_SIZE:]
-            expected = hmac.new(self._key, payload, hashlib.sha256).digest()
-            if not hmac.compare_digest(mac, expected):
-                self._bad_payload("signature")
-                return None
-        try:
-            columns, rows = _DataUnpickler(io.BytesIO(payload)).load()
-        except Exception:
-            self._bad_payload("content")
-            return None
-        return columns, rows
-
-    def _bad_payload(self, why: str) -> None:
-        with self._counters.lock:
-            self._counters.bad_payloads += 1
-        logger.warning("dropped a cached payload with a bad %s", why)
+    # -- state ------------------------------------------------------------------------------
 
     def stats(self) -> CacheStats:
         """A snapshot of the counters."""
@@ -502,12 +827,44 @@ class QueryCache:
                 errors=c.errors,
                 bad_payloads=c.bad_payloads,
                 bytes_stored=c.bytes_stored,
+                bytes_served=c.bytes_served,
+                flight_waits=c.flight_waits,
             )
 
+    def flush(self) -> None:
+        """Wait until every in-flight mark of a finished commit has been cleared."""
+        if self._marks is not None:
+            self._marks.flush()
 
-def _run(conn: Connection, stmt: Executable, params: Any) -> Result[Any]:
-    result: Result[Any] = conn.execute(stmt, params)
-    return result
+    def close(self) -> None:
+        """Uninstall, detach, and finish clearing marks. The backend stays open (it
+        is yours: close it when nothing else uses it)."""
+        self.uninstall()
+        self.detach()
+        if self._marks is not None:
+            self._marks.stop()
+
+
+def _tables_of(context: Any, directive: CacheDirective) -> tuple[str, ...]:
+    """The tables a cached statement reads, plus :data:`ALL_TABLES`; ``()`` if it
+    cannot be cached."""
+    if directive.tables is not None:
+        return (ALL_TABLES, *directive.tables)
+    if context.compiled is None or context.is_text:
+        return ()
+    return tables_of_compiled(context.compiled)
+
+
+def _engines_of(target: Any) -> list[Engine]:
+    kw: dict[str, Any] = getattr(target, "kw", {})  # a sessionmaker's arguments
+    if isinstance(target, Session):
+        kw = {"bind": target.bind, "binds": getattr(target, "_Session__binds", None)}
+    found = [kw.get("bind"), kw.get("primary"), *kw.get("replicas", ())]
+    binds = kw.get("binds") or {}
+    found.extend(binds.values())
+    if isinstance(target, Session) and hasattr(target, "replicas"):
+        found.extend([getattr(target, "primary", None), *target.replicas])
+    return [e for e in dict.fromkeys(found) if isinstance(e, Engine)]
 
 
 def _name(table: Any) -> str:
@@ -519,13 +876,9 @@ def _autocommit(conn: Connection) -> bool:
     return conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT"
 
 
-def _snapshot_is_fresh(conn: Connection) -> bool:
-    """Will the next statement read a snapshot taken after this moment?"""
+def _reads_fresh(conn: Connection) -> bool:
+    """Does every statement on ``conn`` read a snapshot taken when it starts?"""
     if conn.dialect.name == "sqlite":
         return True  # pysqlite begins no transaction for reads: each reads afresh
     level = conn.get_execution_options().get("isolation_level") or conn.default_isolation_level
-    return str(level).upper() not in _SNAPSHOT_LEVELS or not conn.in_transaction()
-
-
-def _result(columns: tuple[str, ...], rows: list[tuple[Any, ...]]) -> Result[Any]:
-    return IteratorResult(SimpleResultMetaData(columns), iter(rows))
+    return str(level).upper() not in _SNAPSHOT_LEVELS
