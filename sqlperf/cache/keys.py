@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
+import threading
 from collections import OrderedDict
 from typing import Any
 
@@ -29,26 +30,31 @@ def _table_name(t: TableClause) -> str:
     return f"{t.schema}.{t.name}" if t.schema else t.name
 
 
-class _Memo:
-    """A small bounded LRU, keyed by SQLAlchemy statement cache keys."""
+class Memo:
+    """A small thread-safe bounded LRU, keyed by SQLAlchemy statement cache keys."""
 
     def __init__(self, size: int = 2048) -> None:
         self.size = size
         self.data: OrderedDict[Any, Any] = OrderedDict()
+        self._lock = threading.Lock()
 
-    def get(self, key: Any) -> Any:
-        value = self.data.get(key)
-        if value is not None:
-            self.data.move_to_end(key)
-        return value
+    def get(self, key: Any, default: Any = None) -> Any:
+        """The value of ``key`` (now the most recently used), or ``default``."""
+        with self._lock:
+            value = self.data.get(key, default)
+            if value is not default:
+                self.data.move_to_end(key)
+            return value
 
     def put(self, key: Any, value: Any) -> None:
-        self.data[key] = value
-        if len(self.data) > self.size:
-            self.data.popitem(last=False)
+        """Remember ``value``, forgetting the least recently used beyond ``size``."""
+        with self._lock:
+            self.data[key] = value
+            if len(self.data) > self.size:
+                self.data.popitem(last=False)
 
 
-_tables_memo = _Memo()
+_tables_memo = Memo()
 
 
 def tables_read(stmt: ClauseElement) -> tuple[str, ...] | None:

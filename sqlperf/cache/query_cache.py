@@ -53,24 +53,28 @@ from typing import Any
 from sqlalchemy import Connection, Engine, event
 from sqlalchemy.engine import Result
 from sqlalchemy.orm import Session, sessionmaker
-from sqlalchemy.orm.session import ORMExecuteState, SessionTransaction
 from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.sql.base import Executable
 
 from sqlperf.cache.backends import CacheBackend, Lookup
 from sqlperf.cache.flight import SingleFlight
-from sqlperf.cache.keys import ALL_TABLES, result_key, tables_of_compiled, tables_written_by_sql
+from sqlperf.cache.keys import (
+    ALL_TABLES,
+    result_key,
+    tables_of_compiled,
+    tables_written_by_sql,
+)
 from sqlperf.cache.options import CACHE_OPTION, CacheDirective, directive_of
+from sqlperf.cache.orm import ORM_LOOKUP, WRITTEN, SessionHook
 from sqlperf.cache.payload import BadPayload, PayloadCodec
 from sqlperf.cache.replay import ReplayCursor
 from sqlperf.exceptions import ConfigurationError
-from sqlperf.routing import ROUTE_OPTION, engine_role
+from sqlperf.routing import engine_role
 
 __all__ = ["CacheStats", "QueryCache", "cache_outcome"]
 
 logger = logging.getLogger("sqlperf.cache")
 
-_WRITTEN = "sqlperf.cache.written"
 _COMMITTING = "sqlperf.cache.committing"
 _FRESH = "sqlperf.cache.fresh"
 _OUTCOME_ATTR = "_sqlperf_cache_outcome"
@@ -305,10 +309,10 @@ class QueryCache:
         self._pending: set[str] = set()  # invalidations not yet delivered
         self._pending_lock = threading.Lock()
         self._attached: dict[int, tuple[Engine, list[tuple[str, Callable[..., Any]]]]] = {}
-        self._installed: list[tuple[Any, list[tuple[str, Callable[..., Any]]]]] = []
         # A local backend clears marks at once; a remote one off the commit's path.
         self._marks = None if getattr(backend, "is_local", False) else _MarkClearer(self._clear)
         self._attach_lock = threading.Lock()
+        self._orm = SessionHook(self)
 
     # -- engines ------------------------------------------------------------------------
 
@@ -397,18 +401,18 @@ class QueryCache:
             conn.info[_FRESH] = True
 
         def on_commit(conn: Connection) -> None:
-            written = conn.info.pop(_WRITTEN, None)
+            written = conn.info.pop(WRITTEN, None)
             if written:
                 tables = sorted(written)
                 self._begin_write(tables)
                 conn.info.setdefault(_COMMITTING, []).extend(tables)
 
         def on_rollback(conn: Connection) -> None:
-            conn.info.pop(_WRITTEN, None)
+            conn.info.pop(WRITTEN, None)
 
         def on_checkin(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
             self._end_write(record.info.pop(_COMMITTING, None))
-            record.info.pop(_WRITTEN, None)
+            record.info.pop(WRITTEN, None)
             record.info.pop(_FRESH, None)
 
         return [
@@ -427,9 +431,9 @@ class QueryCache:
             self._begin_write(names)
             conn.info.setdefault(_COMMITTING, []).extend(names)
             return
-        written = conn.info.get(_WRITTEN)
+        written = conn.info.get(WRITTEN)
         if written is None:
-            conn.info[_WRITTEN] = written = set()
+            conn.info[WRITTEN] = written = set()
         written.update(names)
 
     # -- sessions ---------------------------------------------------------------------------
@@ -440,66 +444,19 @@ class QueryCache:
 
         The engines the sessions use are attached (:meth:`attach`): those named in
         the ``sessionmaker`` at once, others when a session first begins on them.
-        In a :class:`~sqlperf.RoutingSession`, cached statements are answered by
-        the cache or, on a miss, by the primary: a replica's answer may lag, and a
+        Hits of plain entity and column selects are answered before SQLAlchemy
+        opens a connection (:mod:`sqlperf.cache.orm_fast`). In a
+        :class:`~sqlperf.RoutingSession`, cached statements are answered by the
+        cache or, on a miss, by the primary: a replica's answer may lag, and a
         cached copy would outlive the lag.
         """
-        if target is Session:
-            raise ConfigurationError(
-                "install(Session) would change every Session of the process: pass your "
-                "sessionmaker, a Session subclass or a session"
-            )
-        if not (
-            isinstance(target, (sessionmaker, Session))
-            or (isinstance(target, type) and issubclass(target, Session))
-        ):
-            raise ConfigurationError(
-                f"install() takes a sessionmaker, a Session subclass or a Session, "
-                f"not {type(target).__name__}"
-            )
-        if any(t is target for t, _ in self._installed):
-            return self
-        self.attach(*_engines_of(target))
-        listeners: list[tuple[str, Callable[..., Any]]] = [
-            ("do_orm_execute", self._on_orm_execute),
-            ("after_begin", self._on_after_begin),
-        ]
-        for name, fn in listeners:
-            event.listen(target, name, fn)
-        self._installed.append((target, listeners))
+        self._orm.install(target)
         return self
 
     def uninstall(self, target: Any = None) -> None:
         """Undo :meth:`install` for ``target`` (every target if ``None``). Engines stay
         attached; :meth:`detach` them too if the cache is being dropped."""
-        keep = []
-        for t, listeners in self._installed:
-            if target is not None and t is not target:
-                keep.append((t, listeners))
-                continue
-            for name, fn in listeners:
-                if event.contains(t, name, fn):
-                    event.remove(t, name, fn)
-        self._installed = keep
-
-    def _on_orm_execute(self, state: ORMExecuteState) -> None:
-        if not state.is_select or ROUTE_OPTION in state.bind_arguments:
-            return
-        if not hasattr(state.session, "replicas"):
-            return
-        directive = state.execution_options.get(CACHE_OPTION)
-        if directive is None:
-            directive = directive_of(state.user_defined_options)
-            if directive is None and self.cache_all:
-                directive = _DEFAULT
-        if directive is not None and directive.enabled:
-            state.bind_arguments[ROUTE_OPTION] = "primary"
-
-    def _on_after_begin(
-        self, session: Session, transaction: SessionTransaction, connection: Connection
-    ) -> None:
-        if id(connection.engine) not in self._attached:
-            self.attach(connection.engine)
+        self._orm.uninstall(target)
 
     # -- invalidation ---------------------------------------------------------------------
 
@@ -637,25 +594,19 @@ class QueryCache:
         database: str,
     ) -> bool:
         """Answer a cached statement from the cache or the database; True: handled."""
-        conn: Connection = context.root_connection
         tables = _tables_of(context, directive)
-        reason = None
-        if not tables:
-            reason = "uncacheable"
-        elif conn.info.get(_WRITTEN):
-            reason = "dirty_transaction"
-        elif context._is_server_side:
-            reason = "streaming"
-        elif not self._deliver_pending():
-            reason = "breaker_open"
+        reason = self._bypass_reason(context, tables)
         if reason is not None:
             self._count_bypass(reason)
             context._sqlperf_cache_outcome = "bypass:" + reason
             return False
-        if self.namespace:
-            tables = tuple(self.namespace + t for t in tables)
-        key = result_key(database, statement, parameters)
-        look = self._lookup(key, tables)
+        from_orm = context.execution_options.get(ORM_LOOKUP)
+        if from_orm is not None:
+            key, tables, look = from_orm
+        else:
+            tables = self._prefixed(tables)
+            key = result_key(database, statement, parameters)
+            look = self._lookup(key, tables)
         if look is None:
             context._sqlperf_cache_outcome = "bypass:breaker_open"
             return False
@@ -674,6 +625,28 @@ class QueryCache:
                     return True
             return self._fill(cursor, statement, parameters, context, key, tables, look)
 
+    def _bypass_reason(self, context: Any, tables: tuple[str, ...]) -> str | None:
+        if not tables:
+            return "uncacheable"
+        if context.root_connection.info.get(WRITTEN):
+            return "dirty_transaction"
+        if context._is_server_side:
+            return "streaming"
+        if not self._deliver_pending():
+            return "breaker_open"
+        return None
+
+    def _is_attached(self, engine: Engine) -> bool:
+        return id(engine) in self._attached
+
+    def _prefixed(self, tables: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(self.namespace + t for t in tables) if self.namespace else tables
+
+    def _count_hit(self, size: int) -> None:
+        with self._counters.lock:
+            self._counters.hits += 1
+            self._counters.bytes_served += size
+
     def _lookup(self, key: str, tables: Sequence[str]) -> Lookup | None:
         try:
             look = self.backend.lookup(key, tables)
@@ -687,15 +660,11 @@ class QueryCache:
         try:
             description, rows = self._codec.decode(value)
         except BadPayload as exc:
-            with self._counters.lock:
-                self._counters.bad_payloads += 1
-            logger.warning("dropped a cached payload with a bad %s", exc)
+            self._bad_payload(str(exc))
             return False
         context.cursor = ReplayCursor(description, rows, cursor)
         context._sqlperf_cache_outcome = "hit"
-        with self._counters.lock:
-            self._counters.hits += 1
-            self._counters.bytes_served += len(value)
+        self._count_hit(len(value))
         return True
 
     def _fill(  # noqa: PLR0917
@@ -741,7 +710,7 @@ class QueryCache:
             return "in_flight"
         if engine_role(context.root_connection.engine) == "replica":
             return "replica_read"
-        if context.root_connection.info.get(_WRITTEN):
+        if context.root_connection.info.get(WRITTEN):
             return "dirty_transaction"
         if not getattr(context, "_sqlperf_first", False) and not _reads_fresh(
             context.root_connection
@@ -779,6 +748,11 @@ class QueryCache:
             backend.unlock(key)
         except Exception:
             self._failed("unlock")  # the lock expires by itself
+
+    def _bad_payload(self, why: str) -> None:
+        with self._counters.lock:
+            self._counters.bad_payloads += 1
+        logger.warning("dropped a cached payload with a bad %s", why)
 
     def _count_bypass(self, reason: str) -> None:
         with self._counters.lock:
@@ -853,18 +827,6 @@ def _tables_of(context: Any, directive: CacheDirective) -> tuple[str, ...]:
     if context.compiled is None or context.is_text:
         return ()
     return tables_of_compiled(context.compiled)
-
-
-def _engines_of(target: Any) -> list[Engine]:
-    kw: dict[str, Any] = getattr(target, "kw", {})  # a sessionmaker's arguments
-    if isinstance(target, Session):
-        kw = {"bind": target.bind, "binds": getattr(target, "_Session__binds", None)}
-    found = [kw.get("bind"), kw.get("primary"), *kw.get("replicas", ())]
-    binds = kw.get("binds") or {}
-    found.extend(binds.values())
-    if isinstance(target, Session) and hasattr(target, "replicas"):
-        found.extend([getattr(target, "primary", None), *target.replicas])
-    return [e for e in dict.fromkeys(found) if isinstance(e, Engine)]
 
 
 def _name(table: Any) -> str:

@@ -1,0 +1,204 @@
+"""The ORM side of :class:`~sqlperf.cache.QueryCache`: session events.
+
+``do_orm_execute`` answers hits of plain selects before a connection is opened
+(:mod:`sqlperf.cache.orm_fast`), routes cached statements of a
+:class:`~sqlperf.RoutingSession` to the primary, and hands a miss's key and
+lookup down to the DB-API step so the backend is asked once. ``after_begin``
+attaches engines met late and remembers the connections of the session's
+transaction, so a session that wrote is never answered from the cache.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Connection, Engine, event
+from sqlalchemy.engine import Result
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm.session import ORMExecuteState, SessionTransaction
+
+from sqlperf.cache.keys import Memo, result_key
+from sqlperf.cache.options import CACHE_OPTION, CacheDirective, directive_of
+from sqlperf.cache.orm_fast import Fallback, FastPlan, plan_for
+from sqlperf.cache.payload import BadPayload
+from sqlperf.exceptions import ConfigurationError
+from sqlperf.routing import ROUTE_OPTION
+
+if TYPE_CHECKING:
+    from sqlperf.cache.query_cache import QueryCache
+
+__all__ = ["ORM_LOOKUP", "WRITTEN", "SessionHook"]
+
+#: Execution option carrying a miss's ``(key, tables, lookup)`` to the DB-API step.
+ORM_LOOKUP = "_sqlperf_cache_lookup"
+#: ``connection.info`` key of the tables a connection's transaction wrote.
+WRITTEN = "sqlperf.cache.written"
+
+_SESSION_CONNS = "sqlperf.cache.connections"
+_DEFAULT = CacheDirective()
+_UNKNOWN: Any = object()
+
+
+class SessionHook:
+    """Session events of one :class:`~sqlperf.cache.QueryCache`."""
+
+    def __init__(self, cache: QueryCache) -> None:
+        self.cache = cache
+        self._installed: list[tuple[Any, list[tuple[str, Any]]]] = []
+        self._plans = Memo(4096)  # (statement shape, engine) -> FastPlan, or None: no fit
+
+    def install(self, target: Any) -> None:
+        """See :meth:`QueryCache.install`."""
+        if target is Session:
+            raise ConfigurationError(
+                "install(Session) would change every Session of the process: pass your "
+                "sessionmaker, a Session subclass or a session"
+            )
+        if not (
+            isinstance(target, (sessionmaker, Session))
+            or (isinstance(target, type) and issubclass(target, Session))
+        ):
+            raise ConfigurationError(
+                "install() takes a sessionmaker, a Session subclass or a Session, "
+                f"not {type(target).__name__}"
+            )
+        if any(t is target for t, _ in self._installed):
+            return
+        self.cache.attach(*_engines_of(target))
+        listeners: list[tuple[str, Any]] = [
+            ("do_orm_execute", self.on_orm_execute),
+            ("after_begin", self.after_begin),
+        ]
+        for name, fn in listeners:
+            event.listen(target, name, fn)
+        self._installed.append((target, listeners))
+
+    def uninstall(self, target: Any = None) -> None:
+        """See :meth:`QueryCache.uninstall`."""
+        keep = []
+        for t, listeners in self._installed:
+            if target is not None and t is not target:
+                keep.append((t, listeners))
+                continue
+            for name, fn in listeners:
+                if event.contains(t, name, fn):
+                    event.remove(t, name, fn)
+        self._installed = keep
+
+    def on_orm_execute(self, state: ORMExecuteState) -> Result[Any] | None:
+        """``do_orm_execute``: a hit's result, or ``None`` to run the statement."""
+        directive = self._directive(state)
+        if directive is None:
+            return None
+        session = state.session
+        if (
+            hasattr(session, "replicas")
+            and ROUTE_OPTION not in state.bind_arguments
+            and ROUTE_OPTION not in state.execution_options
+        ):
+            state.bind_arguments[ROUTE_OPTION] = "primary"
+        if (
+            state.is_relationship_load
+            or state.is_column_load
+            or directive.tables is not None
+            or state.load_options._populate_existing
+            or state.execution_options.get("yield_per")
+            or state.execution_options.get("stream_results")
+        ):
+            return None
+        bind = getattr(session, "primary", None) or session.bind
+        if type(bind) is not Engine or not self.cache._is_attached(bind):
+            return None
+        plan = self._plan(state, bind)
+        if (
+            plan is None
+            or self.session_wrote(session)
+            # the query would flush first: it must see the flush
+            or (session.autoflush and not session._is_clean())
+        ):
+            return None
+        return self._answer(state, session, bind, plan)
+
+    def _directive(self, state: ORMExecuteState) -> CacheDirective | None:
+        if not state.is_select:
+            return None
+        directive: CacheDirective | None = state.execution_options.get(CACHE_OPTION)
+        if directive is None:
+            directive = directive_of(state.statement._with_options)
+            if directive is None:
+                return _DEFAULT if self.cache.cache_all else None
+        return directive if directive.enabled else None
+
+    def _plan(self, state: ORMExecuteState, bind: Engine) -> FastPlan | None:
+        stmt: Any = state.statement
+        cache_key = stmt._generate_cache_key()
+        if cache_key is None:
+            return None
+        shape = (cache_key.key, id(bind))
+        plan: FastPlan | None = self._plans.get(shape, _UNKNOWN)
+        if plan is _UNKNOWN:
+            plan = plan_for(stmt, bind)
+            self._plans.put(shape, plan)
+        return plan
+
+    def _answer(
+        self, state: ORMExecuteState, session: Session, bind: Engine, plan: FastPlan
+    ) -> Result[Any] | None:
+        cache = self.cache
+        if not cache._deliver_pending():
+            return None
+        stmt: Any = state.statement
+        values = [b.effective_value for b in stmt._generate_cache_key().bindparams]
+        prefix = f"{cache.namespace}\0orm\0{bind.dialect.name}\0{bind.url.database or ''}\0"
+        key = result_key(prefix, plan.sql, (values, state.parameters))
+        tables = cache._prefixed(plan.tables)
+        look = cache._lookup(key, tables)
+        if look is None:
+            return None
+        if look.value is not None:
+            try:
+                description, rows = cache._codec.decode(look.value)
+                result = plan.build(session, description, rows)
+            except BadPayload as exc:
+                cache._bad_payload(str(exc))
+            except Fallback:
+                pass
+            else:
+                cache._count_hit(len(look.value))
+                return result
+        state.update_execution_options(**{ORM_LOOKUP: (key, tables, look)})
+        return None
+
+    def session_wrote(self, session: Session) -> bool:
+        """Has a connection of the session's current transaction written?"""
+        txn = session.get_transaction()
+        if txn is None:
+            return False
+        seen = session.info.get(_SESSION_CONNS)
+        if seen is None or seen[0] is not txn:
+            return True  # connections this cache has not seen: assume the worst
+        return any(not c.closed and c.info.get(WRITTEN) for c in seen[1])
+
+    def after_begin(
+        self, session: Session, transaction: SessionTransaction, connection: Connection
+    ) -> None:
+        """``after_begin``: attach a new engine; note the transaction's connections."""
+        if not self.cache._is_attached(connection.engine):
+            self.cache.attach(connection.engine)
+        root = session.get_transaction()
+        seen: tuple[Any, list[Connection]] | None = session.info.get(_SESSION_CONNS)
+        if seen is None or seen[0] is not root:
+            session.info[_SESSION_CONNS] = seen = (root, [])
+        seen[1].append(connection)
+
+
+def _engines_of(target: Any) -> list[Engine]:
+    """The engines a sessionmaker or session names (bind, binds, primary, replicas)."""
+    kw: dict[str, Any] = dict(getattr(target, "kw", {}))  # a sessionmaker's arguments
+    found: list[Any] = [kw.get("bind"), kw.get("primary"), *kw.get("replicas", ())]
+    found.extend((kw.get("binds") or {}).values())
+    if isinstance(target, Session):
+        found.append(target.bind)
+        if hasattr(target, "replicas"):
+            found.extend([getattr(target, "primary", None), *target.replicas])
+    return [e for e in dict.fromkeys(found) if isinstance(e, Engine)]

@@ -1,0 +1,239 @@
+"""Cache hits for plain ORM selects, answered before SQLAlchemy opens a connection.
+
+The general path (:mod:`sqlperf.cache.replay`) answers a hit at the DB-API step,
+so SQLAlchemy still checks out a connection, builds an execution context and runs
+its loading machinery: correct for every statement, but that pipeline costs more
+than the lookup itself. For the common shapes, a *plan* learned once per
+statement shape rebuilds the result straight from the stored rows:
+
+* ``select(Model)``, ``select(A, B).join(...)`` and column selects, with no loader
+  options, no ``FOR UPDATE``, on mappers without inheritance, eager relationships
+  or load hooks (``@reconstructor``, ``load`` events);
+* an entity already in the session's identity map is returned as it is (as a
+  query would); a new one is given its identity and loaded values and joins the
+  identity map clean, the steps of SQLAlchemy's own loading
+  (``orm.loading._instance``), so it is persistent exactly as if a query had
+  loaded it. These are SQLAlchemy internals; the tests pin the behaviour.
+
+Everything else goes to the general path, which serves the same entries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Engine, inspect
+from sqlalchemy.engine import Result
+from sqlalchemy.engine.result import IteratorResult, SimpleResultMetaData
+from sqlalchemy.orm import Mapper, Session
+from sqlalchemy.orm.attributes import instance_state
+from sqlalchemy.sql.selectable import Select
+
+from sqlperf.cache.keys import tables_of_compiled
+from sqlperf.cache.options import CacheOption
+
+__all__ = ["FastPlan", "plan_for"]
+
+_LAZY = frozenset({"select", True, "raise", "raise_on_sql", "noload", "write_only", "dynamic"})
+
+Processor = Callable[[Any], Any] | None
+
+
+class Fallback(Exception):
+    """The rows do not fit the plan (e.g. a partial primary key): use the general path."""
+
+
+@dataclass(frozen=True)
+class _Entity:
+    mapper: Mapper[Any]
+    identity_class: type[Any]
+    new_instance: Callable[[], Any]
+    load_options: tuple[Any, ...]  # options that follow the object's lazy loads
+    path: Any
+    positions: tuple[int, ...]
+    keys: tuple[str, ...]
+    pk: tuple[int, ...]  # indexes into ``positions`` of the primary key columns
+
+
+@dataclass(frozen=True)
+class _Column:
+    position: int
+
+
+@dataclass
+class FastPlan:
+    """How to rebuild the result of one statement shape from stored rows."""
+
+    engine: Engine
+    sql: str
+    tables: tuple[str, ...]
+    parts: tuple[_Entity | _Column, ...]
+    names: tuple[str, ...]
+    types: tuple[Any, ...]
+    _processors: dict[tuple[Any, ...], tuple[Processor, ...]] = field(default_factory=dict)
+
+    def processors(self, description: Sequence[Sequence[Any]]) -> tuple[Processor, ...]:
+        """Each column's result processor for the driver's type codes, memoized."""
+        codes = tuple(d[1] for d in description)
+        procs = self._processors.get(codes)
+        if procs is None:
+            dialect = self.engine.dialect
+            procs = tuple(
+                t.dialect_impl(dialect).result_processor(dialect, code)
+                for t, code in zip(self.types, codes, strict=True)
+            )
+            if len(self._processors) < 16:
+                self._processors[codes] = procs
+        return procs
+
+    def build(
+        self, session: Session, description: Sequence[Sequence[Any]], rows: list[tuple[Any, ...]]
+    ) -> Result[Any]:
+        """The ``Result`` the query would have returned, its entities in ``session``.
+
+        Raises:
+            Fallback: the rows do not fit this plan.
+        """
+        if len(description) != len(self.types):
+            raise Fallback("column count")
+        procs = self.processors(description)
+        if any(procs):
+            rows = [
+                tuple(v if p is None else p(v) for v, p in zip(row, procs, strict=True))
+                for row in rows
+            ]
+        identity_map = session.identity_map
+        parts = self.parts
+        if len(parts) == 1 and type(parts[0]) is _Entity:
+            entity = parts[0]
+            objs = [(_instance(session, identity_map, entity, row),) for row in rows]
+            return IteratorResult(
+                SimpleResultMetaData(self.names), iter(objs), _source_supports_scalars=False
+            )
+        out = [
+            tuple(
+                _instance(session, identity_map, p, row) if type(p) is _Entity else row[p.position]  # type: ignore[union-attr]
+                for p in parts
+            )
+            for row in rows
+        ]
+        return IteratorResult(SimpleResultMetaData(self.names), iter(out))
+
+
+def _instance(session: Session, identity_map: Any, part: _Entity, row: tuple[Any, ...]) -> Any:
+    values = [row[i] for i in part.positions]
+    pk = tuple(values[i] for i in part.pk)
+    if None in pk:
+        if all(v is None for v in pk):
+            return None  # the missing side of an outer join
+        raise Fallback("partial primary key")
+    key = (part.identity_class, pk, None)
+    obj = identity_map.get(key)
+    if obj is not None:
+        return obj
+    # What SQLAlchemy's loading does for a new row (orm.loading._instance): the
+    # state gets its identity, its loaded values and joins the identity map,
+    # clean, so the object is persistent as if a query had loaded it.
+    obj = part.new_instance()
+    state = instance_state(obj)
+    state.key = key
+    state.identity_token = None
+    state.session_id = session.hash_key
+    state.load_options = part.load_options
+    state.load_path = part.path
+    dict_ = state.dict
+    dict_.update(zip(part.keys, values, strict=True))
+    identity_map._add_unpresent(state, key)
+    state._commit_all(dict_, identity_map)
+    return obj
+
+
+def plan_for(stmt: Any, engine: Engine) -> FastPlan | None:
+    """A plan for ``stmt`` on ``engine``, or ``None`` if its shape needs the general path."""
+    if (
+        type(stmt) is not Select
+        or stmt._for_update_arg is not None
+        # loader options (joinedload, load_only, ...) change what is loaded
+        or any(type(o) is not CacheOption for o in stmt._with_options)
+        # a plain Core select: the general path is already as cheap
+        or all(d.get("entity") is None for d in stmt.column_descriptions)
+    ):
+        return None
+    descriptions = stmt.column_descriptions
+    compiled: Any = stmt.compile(engine)
+    result_columns = compiled._result_columns
+    tables = tables_of_compiled(compiled)
+    if not tables:
+        return None
+    parts: list[_Entity | _Column] = []
+    names: list[str] = []
+    pos = 0
+    for d in descriptions:
+        entity = d.get("entity")
+        if entity is not None and d["expr"] is entity and not d["aliased"]:
+            propagated = tuple(
+                o for o in stmt._with_options if getattr(o, "propagate_to_loaders", False)
+            )
+            made = _entity_part(inspect(entity), result_columns, pos, propagated)
+            if made is None:
+                return None
+            parts.append(made)
+            pos += len(made.positions)
+        else:
+            parts.append(_Column(pos))
+            pos += 1
+        names.append(d["name"])
+    if pos != len(result_columns):
+        return None
+    return FastPlan(
+        engine=engine,
+        sql=compiled.string,
+        tables=tables,
+        parts=tuple(parts),
+        names=tuple(names),
+        types=tuple(rc.type for rc in result_columns),
+    )
+
+
+def _entity_part(
+    mapper: Mapper[Any], result_columns: Sequence[Any], start: int, load_options: tuple[Any, ...]
+) -> _Entity | None:
+    if (
+        mapper.inherits is not None
+        or mapper.polymorphic_on is not None
+        or mapper.with_polymorphic
+        or mapper.class_manager.dispatch.load
+        or mapper.class_manager.dispatch.refresh
+        or any(r.lazy not in _LAZY for r in mapper.relationships)
+    ):
+        return None
+    by_column = {}
+    for prop in mapper.column_attrs:
+        if len(prop.columns) != 1:
+            return None  # a property over several columns
+        by_column[id(prop.columns[0])] = prop.key
+    positions, keys = [], []
+    for i in range(start, len(result_columns)):
+        column = next(
+            (o._deannotate() for o in result_columns[i].objects if hasattr(o, "_deannotate")), None
+        )
+        key = by_column.get(id(column))
+        if key is None or key in keys:
+            break
+        positions.append(i)
+        keys.append(key)
+    pk_keys = [mapper.get_property_by_column(c).key for c in mapper.primary_key]
+    if not positions or any(k not in keys for k in pk_keys):
+        return None
+    return _Entity(
+        mapper=mapper,
+        identity_class=mapper._identity_class,
+        new_instance=mapper.class_manager.new_instance,
+        load_options=load_options,
+        path=mapper._path_registry,
+        positions=tuple(positions),
+        keys=tuple(keys),
+        pk=tuple(keys.index(k) for k in pk_keys),
+    )

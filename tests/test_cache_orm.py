@@ -1,0 +1,402 @@
+"""QueryCache in ORM sessions: SQLite + MemoryBackend, PostgreSQL and MariaDB + Redis."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, ForeignKey, String, event, func, inspect, select, text, update
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    Session,
+    joinedload,
+    load_only,
+    mapped_column,
+    relationship,
+    selectinload,
+    sessionmaker,
+)
+
+from sqlperf import ConfigurationError, RoutingSession, routing_stats
+from sqlperf.cache import (
+    MemoryBackend,
+    QueryCache,
+    RedisBackend,
+    cache_outcome,
+    cached,
+    no_cache,
+)
+from sqlperf.cache.backends import CacheBackend
+from tests.conftest import require
+
+MakeEngine = Callable[..., Engine]
+
+
+@dataclass
+class Shop:
+    engine: Engine
+    cache: QueryCache
+    backend: CacheBackend
+    Session: sessionmaker[Session]
+    User: Any
+    Order: Any
+
+
+def _models(suffix: str) -> tuple[type[DeclarativeBase], Any, Any]:
+    class Base(DeclarativeBase):
+        pass
+
+    class User(Base):
+        __tablename__ = f"ou_{suffix}"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        name: Mapped[str] = mapped_column(String(40))
+        orders: Mapped[list[Order]] = relationship(back_populates="user", order_by="Order.id")
+
+    class Order(Base):
+        __tablename__ = f"oo_{suffix}"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        user_id: Mapped[int] = mapped_column(ForeignKey(User.id))
+        total: Mapped[int]
+        user: Mapped[User] = relationship(back_populates="orders")
+
+    return Base, User, Order
+
+
+def _backend(kind: str) -> CacheBackend:
+    if kind == "memory":
+        return MemoryBackend()
+    return RedisBackend(require("redis"), namespace=f"sqlperf-test-{uuid.uuid4().hex[:8]}")
+
+
+@pytest.fixture(params=["sqlite+memory", "postgresql+redis", "mysql+redis"])
+def shop(request: pytest.FixtureRequest, tmp_path: Path, make_engine: MakeEngine) -> Iterator[Shop]:
+    db, kind = request.param.split("+")
+    url = f"sqlite:///{tmp_path / 'orm.db'}" if db == "sqlite" else require(db)
+    # MySQL's default REPEATABLE READ stores only a transaction's first read (see
+    # test_repeatable_read_stores_only_a_transactions_first_read); these tests
+    # read several statements per session.
+    engine = make_engine(url, **({"isolation_level": "READ COMMITTED"} if db == "mysql" else {}))
+    base, user, order = _models(uuid.uuid4().hex[:8])
+    base.metadata.create_all(engine)
+    factory = sessionmaker(engine)
+    with factory.begin() as s:
+        s.add_all(
+            [
+                user(id=1, name="ann", orders=[order(id=1, total=10), order(id=2, total=20)]),
+                user(id=2, name="bob"),
+            ]
+        )
+    backend = _backend(kind)
+    cache = QueryCache(backend, ttl=60).install(factory)
+    try:
+        yield Shop(engine, cache, backend, factory, user, order)
+    finally:
+        cache.close()
+        base.metadata.drop_all(engine)
+        backend.clear()
+        backend.close()
+
+
+def _settled(shop: Shop) -> None:
+    """Wait for in-flight marks of finished commits to clear (they are cleared off the
+    commit's path), so that the next read may store again."""
+    shop.cache.flush()
+
+
+def _get(session: Session, model: Any, pk: int) -> Any:
+    obj = session.get(model, pk, options=[cached()])
+    assert obj is not None
+    return obj
+
+
+def test_hits_return_equal_objects_attached_to_the_session(shop: Shop):
+    user = shop.User
+    stmt = select(user).where(user.id == 1).options(cached())
+    with shop.Session() as s:
+        first = s.execute(stmt).scalar_one()
+        expected = (first.id, first.name)
+    with shop.Session() as s:
+        hit = s.execute(stmt).scalar_one()
+        assert (hit.id, hit.name) == expected
+        state = inspect(hit)
+        assert state.persistent
+        assert hit in s
+        assert not s.dirty
+        assert not state.modified
+        assert s.execute(stmt).scalar_one() is hit  # the identity map still rules
+        assert [o.total for o in hit.orders] == [10, 20]  # relationships still load
+        hit.name = "ann2"  # and a hit object can be changed and flushed
+        s.commit()
+    stats = shop.cache.stats()
+    assert (stats.misses, stats.hits) == (2, 2)  # the user, and its orders' lazy load
+    with shop.Session() as s:
+        assert s.execute(stmt).scalar_one().name == "ann2"  # the commit invalidated
+    assert shop.cache.stats().invalidations[user.__tablename__] == 1
+
+
+def test_session_get_and_column_selects_are_cached(shop: Shop):
+    user = shop.User
+    with shop.Session() as s:
+        assert _get(s, user, 2).name == "bob"
+    with shop.Session() as s:
+        assert _get(s, user, 2).name == "bob"
+        names = select(user.name, user.id).order_by(user.id).options(cached())
+        assert s.execute(names).all() == [("ann", 1), ("bob", 2)]
+        assert s.execute(names).all() == [("ann", 1), ("bob", 2)]
+    assert shop.cache.stats().hits == 2
+
+
+def test_rollback_invalidates_nothing_and_stores_nothing(shop: Shop):
+    user = shop.User
+    stmt = select(user).where(user.id == 1).options(cached())
+    with shop.Session() as s:
+        s.execute(stmt).scalar_one()
+    with shop.Session() as s:
+        _get(s, user, 1).name = "dirty"  # pending: the cached read must flush and see it
+        assert s.execute(stmt).scalar_one().name == "dirty"
+        s.rollback()
+    with shop.Session() as s:
+        assert s.execute(stmt).scalar_one().name == "ann"  # nothing uncommitted was stored
+    stats = shop.cache.stats()
+    assert stats.hits == 1
+    assert stats.bypasses["dirty_transaction"] == 1
+    assert user.__tablename__ not in stats.invalidations
+
+
+def test_two_entity_join_and_eager_loads_are_invalidated_by_either_table(shop: Shop):
+    user, order = shop.User, shop.Order
+    join = select(order, user).join(order.user).order_by(order.id).options(cached())
+    eager = select(order).options(joinedload(order.user), cached()).order_by(order.id)
+    selectin = select(user).options(selectinload(user.orders), cached()).order_by(user.id)
+
+    def read() -> tuple[Any, ...]:
+        with shop.Session() as s:
+            return (
+                [(o.total, u.name) for o, u in s.execute(join)],
+                [(o.total, o.user.name) for o in s.execute(eager).scalars()],
+                [[o.total for o in u.orders] for u in s.execute(selectin).scalars()],
+            )
+
+    assert read() == ([(10, "ann"), (20, "ann")],) * 2 + ([[10, 20], []],)
+    assert read() == ([(10, "ann"), (20, "ann")],) * 2 + ([[10, 20], []],)
+    # 4 statements (join, eager, selectin parent, selectin children), each hit once
+    assert shop.cache.stats().hits == 4
+    with shop.Session.begin() as s:
+        _get(s, user, 1).name = "amy"  # only the users table
+    assert read() == ([(10, "amy"), (20, "amy")],) * 2 + ([[10, 20], []],)
+    with shop.Session.begin() as s:
+        s.execute(update(order).where(order.id == 2).values(total=25))  # only orders
+    assert read() == ([(10, "amy"), (25, "amy")],) * 2 + ([[10, 25], []],)
+
+
+def test_core_and_text_dml_through_a_session_invalidate(shop: Shop):
+    user = shop.User
+    stmt = select(user.name).order_by(user.id).options(cached())
+    with shop.Session() as s:
+        s.execute(stmt).all()
+    with shop.Session.begin() as s:
+        s.execute(text(f"UPDATE {user.__tablename__} SET name = 'tex' WHERE id = 2"))
+    with shop.Session() as s:
+        assert s.execute(stmt).scalars().all() == ["ann", "tex"]
+    with shop.Session.begin() as s:
+        s.connection().exec_driver_sql(f"DELETE FROM {user.__tablename__} WHERE id = 2")
+    with shop.Session() as s:
+        assert s.execute(stmt).scalars().all() == ["ann"]
+
+
+def test_options_the_fast_path_does_not_handle_are_still_cached(shop: Shop):
+    user = shop.User
+    stmt = select(user).options(load_only(user.name), cached()).order_by(user.id)
+    for _ in range(2):
+        with shop.Session() as s:
+            rows = s.execute(stmt).scalars().all()
+            assert [u.name for u in rows] == ["ann", "bob"]
+            assert "name" in inspect(rows[0]).dict
+    assert shop.cache.stats().hits == 1
+
+
+def test_lazy_loads_of_cached_objects_are_cached(shop: Shop):
+    user = shop.User
+    stmt = select(user).where(user.id == 1).options(cached())
+    for _ in range(2):
+        with shop.Session() as s:
+            assert [o.total for o in s.execute(stmt).scalar_one().orders] == [10, 20]
+    assert shop.cache.stats().hits == 2  # the user and its orders' lazy load
+
+
+def test_cache_all_and_no_cache(shop: Shop):
+    user = shop.User
+    shop.cache.cache_all = True
+    for _ in range(2):
+        with shop.Session() as s:
+            s.execute(select(user).order_by(user.id)).scalars().all()
+            s.execute(select(user).order_by(user.id).options(no_cache())).scalars().all()
+            s.execute(select(user).with_for_update().where(user.id == 1)).scalar_one()
+            s.rollback()
+    stats = shop.cache.stats()
+    assert stats.hits == 1  # only the plain select: not no_cache(), never FOR UPDATE
+    assert stats.bypasses.get("uncacheable", 0) == 2
+
+
+# Servers only: pysqlite would serialise the threads, so no misses would overlap.
+@pytest.mark.parametrize("shop", ["postgresql+redis", "mysql+redis"], indirect=True)
+def test_concurrent_misses_run_the_query_once(shop: Shop):
+    user = shop.User
+    sleep = "pg_sleep" if shop.engine.dialect.name == "postgresql" else "sleep"
+    stmt = select(user.name, getattr(func, sleep)(0.3)).where(user.id == 1).options(cached())
+    ran = []
+
+    def count(*args: Any) -> None:  # after_cursor_execute(conn, cursor, sql, params, context, many)
+        statement, context = args[2], args[4]
+        if cache_outcome(context) == "miss":  # hits pass through this event too
+            ran.append(statement)
+
+    event.listen(shop.engine, "after_cursor_execute", count)
+    barrier = threading.Barrier(6)
+
+    def read() -> None:
+        barrier.wait()
+        with shop.engine.connect() as conn:
+            assert conn.execute(stmt).all()[0][0] == "ann"
+
+    threads = [threading.Thread(target=read) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    event.remove(shop.engine, "after_cursor_execute", count)
+    stats = shop.cache.stats()
+    assert len(ran) == 1, "the query ran more than once"
+    assert stats.flight_waits == 5
+    assert stats.hits == 5
+
+
+def test_install_and_uninstall(shop: Shop):
+    user = shop.User
+    stmt = select(user).where(user.id == 1).options(cached())
+    shop.cache.uninstall(shop.Session)
+    for _ in range(2):
+        with shop.Session() as s:
+            s.execute(stmt).scalar_one()
+    hits = shop.cache.stats().hits  # the engine stays attached: the general path serves
+    assert hits == 1
+    shop.cache.detach()
+    with shop.Session() as s:
+        s.execute(stmt).scalar_one()
+    assert shop.cache.stats().hits == hits  # nothing listens any more
+    with pytest.raises(ConfigurationError, match="every Session"):
+        shop.cache.install(Session)
+    with pytest.raises(ConfigurationError, match="sessionmaker"):
+        shop.cache.install(shop.engine)  # type: ignore[arg-type]
+
+
+def test_repeatable_read_stores_only_a_transactions_first_read(
+    mysql_url: str, redis_url: str, make_engine: MakeEngine
+):
+    engine = make_engine(mysql_url)  # MariaDB's default: REPEATABLE READ
+    base, user, _ = _models(uuid.uuid4().hex[:8])
+    base.metadata.create_all(engine)
+    backend = RedisBackend(redis_url, namespace=f"sqlperf-test-{uuid.uuid4().hex[:8]}")
+    factory = sessionmaker(engine)
+    cache = QueryCache(backend).install(factory)
+    try:
+        with factory.begin() as s:
+            s.add_all([user(id=1, name="ann"), user(id=2, name="bob")])
+        cache.flush()
+        one, two = (select(user).where(user.id == i).options(cached()) for i in (1, 2))
+        with factory() as s:
+            s.execute(one).scalar_one()  # opens the snapshot: may store
+            s.execute(two).scalar_one()  # reads that older snapshot: must not
+        assert cache.stats().stores == 1
+        assert cache.stats().bypasses["snapshot"] == 1
+    finally:
+        cache.close()
+        base.metadata.drop_all(engine)
+        backend.clear()
+        backend.close()
+
+
+def test_one_cache_per_engine(shop: Shop):
+    with pytest.raises(ConfigurationError, match="already attached"):
+        QueryCache(MemoryBackend()).attach(shop.engine)
+
+
+def test_routing_session_fills_from_the_primary_never_from_a_replica(
+    postgres_url: str, replica_url: str, redis_url: str, make_engine: MakeEngine
+):
+    primary, replica = make_engine(postgres_url), make_engine(replica_url)
+    base, user, _ = _models(uuid.uuid4().hex[:8])
+    base.metadata.create_all(primary)
+    backend = RedisBackend(redis_url, namespace=f"sqlperf-test-{uuid.uuid4().hex[:8]}")
+    factory = sessionmaker(class_=RoutingSession, primary=primary, replicas=[replica])
+    cache = QueryCache(backend).install(factory)
+    try:
+        with factory.begin() as s:
+            s.add(user(id=1, name="ann"))
+        cache.flush()
+        before = routing_stats(replica).reads
+        stmt = select(user).where(user.id == 1).options(cached())
+        for _ in range(3):
+            with factory() as s:
+                assert s.execute(stmt).scalar_one().name == "ann"
+        assert routing_stats(replica).reads == before  # misses went to the primary
+        assert cache.stats().hits == 2
+        forced = stmt.execution_options(sqlperf_route="replica").where(user.name == "ann")
+        with factory() as s:
+            s.execute(forced).scalar_one()  # the caller insisted on a replica: not stored
+        assert cache.stats().bypasses["replica_read"] == 1
+    finally:
+        cache.close()
+        base.metadata.drop_all(primary)
+        backend.clear()
+        backend.close()
+
+
+def test_cross_process_lock_fills_once(postgres_url: str, redis_url: str, make_engine: MakeEngine):
+    # Two caches with their own single flight stand for two processes sharing Redis.
+    ns = f"sqlperf-test-{uuid.uuid4().hex[:8]}"
+    engines = [make_engine(postgres_url), make_engine(postgres_url)]
+    base, user, _ = _models(uuid.uuid4().hex[:8])
+    base.metadata.create_all(engines[0])
+    with Session(engines[0]) as s, s.begin():
+        s.add(user(id=1, name="ann"))
+    backends = [RedisBackend(redis_url, namespace=ns) for _ in engines]
+    caches = [QueryCache(b, lock_s=5).attach(e) for b, e in zip(backends, engines, strict=True)]
+    ran = []
+
+    def count(*args: Any) -> None:  # after_cursor_execute(conn, cursor, sql, params, context, many)
+        statement, context = args[2], args[4]
+        if cache_outcome(context) == "miss":
+            ran.append(statement)
+
+    for e in engines:
+        event.listen(e, "after_cursor_execute", count)
+    stmt = select(user.name, func.pg_sleep(0.3)).options(cached())
+    barrier = threading.Barrier(2)
+
+    def read(engine: Engine) -> None:
+        barrier.wait()
+        with engine.connect() as conn:
+            assert conn.execute(stmt).all()[0][0] == "ann"
+
+    try:
+        threads = [threading.Thread(target=read, args=(e,)) for e in engines]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert len(ran) == 1
+        assert sum(c.stats().hits for c in caches) == 1
+    finally:
+        for c in caches:
+            c.close()
+        base.metadata.drop_all(engines[0])
+        backends[0].clear()
+        for b in backends:
+            b.close()
