@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from benchmarks import bench_engine, bench_routing
+from benchmarks import bench_cache, bench_engine, bench_routing
 
 
 def main(argv: list[str]) -> int:
@@ -16,6 +16,7 @@ def main(argv: list[str]) -> int:
     rc |= bench_routing.main(
         ["--seconds", "0.2", "--rounds", "1", "--statements", "500"] if quick else []
     )
+    rc |= bench_cache.main(["--orders", "2000", "--ops", "100", "--rounds", "1"] if quick else [])
     return rc
 
 

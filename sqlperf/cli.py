@@ -2,7 +2,7 @@
 
 ::
 
-    sqlperf demo [--url URL | --db PATH] [--replica-url URL]
+    sqlperf demo [--url URL | --db PATH] [--replica-url URL] [--redis-url URL]
                  [--orders N] [--seconds S] [--threads N] [--workers N]
     sqlperf db upgrade --url URL [--revision REV]
     sqlperf db current --url URL
@@ -145,6 +145,11 @@ def make_cli() -> click.Group:
         "(on SQLite a read-only engine on the same file stands in by default).",
     )
     @click.option(
+        "--redis-url",
+        help="Redis for the query-cache part (default: an in-process cache), "
+        "e.g. redis://127.0.0.1:6379/0.",
+    )
+    @click.option(
         "--db",
         "db_path",
         type=click.Path(dir_okay=False, writable=True),
@@ -170,6 +175,7 @@ def make_cli() -> click.Group:
         *,
         url: str | None,
         replica_url: str | None,
+        redis_url: str | None,
         db_path: str | None,
         orders: int,
         seconds: float,
@@ -187,6 +193,7 @@ def make_cli() -> click.Group:
             run_demo(
                 url,
                 replica_url=replica_url,
+                redis_url=redis_url,
                 orders=orders,
                 seconds=seconds,
                 threads=threads,

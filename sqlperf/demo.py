@@ -62,6 +62,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import sessionmaker
 
 from sqlperf.budget import PoolBudget, check_pool_budget
+from sqlperf.demo_cache import CacheDemoReport, run_cache_demo
 from sqlperf.engine import create_optimized_engine, safe_url
 from sqlperf.exceptions import ConfigurationError, SqlperfError
 from sqlperf.pool import PoolStatus, pool_status
@@ -202,6 +203,7 @@ class DemoReport:
         primary_reads: reads the primary served (no replica, after a write, or a fallback).
         replica_reads: reads the replica served.
         total_seconds: the whole run, schema and clean-up included.
+        cache: what the query-cache part measured (hit ratio, speed-up, invalidation).
     """
 
     url: str
@@ -229,6 +231,7 @@ class DemoReport:
     primary_reads: int
     replica_reads: int
     total_seconds: float
+    cache: CacheDemoReport
 
     def operation(self, name: str) -> OperationStats:
         """Return the statistics of operation ``name``.
@@ -678,6 +681,7 @@ def run_demo(
     url: str | None = None,
     *,
     replica_url: str | None = None,
+    redis_url: str | None = None,
     orders: int = 100_000,
     seconds: float = 5.0,
     threads: int = 4,
@@ -698,6 +702,7 @@ def run_demo(
         replica_url: a read replica of ``url``; reads go there through
             :class:`sqlperf.RoutingSession`, writes to ``url``. On SQLite a
             read-only engine on the same file stands in when this is ``None``.
+        redis_url: Redis for the query-cache part; an in-process cache when ``None``.
         orders: orders to seed.
         seconds: how long the workload runs.
         threads: threads running the workload, each checking a connection
@@ -740,6 +745,7 @@ def run_demo(
             report = _run(
                 engine,
                 replica_url=replica_url,
+                redis_url=redis_url,
                 n_orders=orders,
                 seconds=seconds,
                 threads=threads,
@@ -769,6 +775,21 @@ def _replica(engine: Engine, replica_url: str | None) -> Engine | None:
     return None
 
 
+def _emit_table(
+    emit: Callable[..., None], operations: Sequence[OperationStats], elapsed: float
+) -> None:
+    total_ops = sum(op.count for op in operations)
+    emit()
+    emit(f"{'operation':<16} {'kind':<5} {'count':>8} {'errors':>6} {'mean ms':>9} {'p95 ms':>9}")
+    for op in operations:
+        emit(
+            f"{op.name:<16} {op.kind:<5} {op.count:>8,} {op.errors:>6,} "
+            f"{op.mean_ms:>9.2f} {op.p95_ms:>9.2f}"
+        )
+    emit(f"{'total':<16} {'':<5} {total_ops:>8,} {sum(op.errors for op in operations):>6,}")
+    emit(f"throughput: {total_ops / elapsed:,.0f} operations/s over {elapsed:.2f} s")
+
+
 def _split(on_primary: RouteStats, replica_reads: int) -> str:
     all_reads = on_primary.reads + replica_reads
     share = replica_reads / all_reads * 100 if all_reads else 0.0
@@ -782,6 +803,7 @@ def _run(
     engine: Engine,
     *,
     replica_url: str | None,
+    redis_url: str | None,
     n_orders: int,
     seconds: float,
     threads: int,
@@ -848,24 +870,29 @@ def _run(
     budget = check_pool_budget(engine, workers=workers)
     on_primary = routing_stats(engine)
     on_replica = routing_stats(replica) if replica is not None else None
-    if replica is not None:
-        replica.dispose()
 
-    emit()
-    emit(f"{'operation':<16} {'kind':<5} {'count':>8} {'errors':>6} {'mean ms':>9} {'p95 ms':>9}")
-    for op in operations:
-        emit(
-            f"{op.name:<16} {op.kind:<5} {op.count:>8,} {op.errors:>6,} "
-            f"{op.mean_ms:>9.2f} {op.p95_ms:>9.2f}"
-        )
-    emit(f"{'total':<16} {'':<5} {total_ops:>8,} {errors:>6,}")
-    emit(f"throughput: {total_ops / elapsed:,.0f} operations/s over {elapsed:.2f} s")
+    _emit_table(emit, operations, elapsed)
     if first_error:
         emit(f"first error: {first_error}")
     replica_reads = on_replica.reads if on_replica is not None else 0
     emit(_split(on_primary, replica_reads))
     emit(f"pool: {status}")
     emit(f"pool budget for {workers} worker process(es): {budget.advice}")
+    emit()
+    cache = run_cache_demo(
+        workload.session,
+        revenue_by_product=workload.revenue_by_product,
+        order_detail=workload.order_detail,
+        orders=orders,
+        n_orders=seeded.orders,
+        history_end=_HISTORY_END,
+        redis_url=redis_url,
+        requests=300,
+        seed=seed,
+        emit=emit,
+    )
+    if replica is not None:
+        replica.dispose()
     return DemoReport(
         url=safe_url(engine.url),
         dialect=engine.dialect.name,
@@ -892,4 +919,5 @@ def _run(
         primary_reads=on_primary.reads,
         replica_reads=replica_reads,
         total_seconds=0.0,  # likewise
+        cache=cache,
     )

@@ -48,6 +48,13 @@ def _check_report(report: DemoReport, summary: str) -> None:
     for text in ("rows/s", "throughput", "operations/s", "pool:", "pool budget", "p95 ms"):
         assert text in summary
     assert report.budget.advice in summary
+    cache = report.cache
+    assert cache.hits + cache.misses == cache.requests  # each repeated read looked up once
+    assert cache.hits > 0
+    assert cache.misses > 0
+    assert cache.invalidated  # the committed write showed at once
+    assert "hit ratio" in summary
+    assert "invalidation: order" in summary
 
 
 def _check_database(url: str, report: DemoReport) -> None:
@@ -174,12 +181,23 @@ def test_demo_on_server(server_url: str) -> None:
     _check_database(server_url, report)
 
 
-def test_demo_with_the_postgres_replica(postgres_url: str, replica_url: str) -> None:
+def test_demo_with_the_postgres_replica_and_redis(
+    postgres_url: str, replica_url: str, redis_url: str
+) -> None:
     out = io.StringIO()
     report = run_demo(
-        postgres_url, replica_url=replica_url, orders=300, seconds=1.0, threads=2, out=out
+        postgres_url,
+        replica_url=replica_url,
+        redis_url=redis_url,
+        orders=300,
+        seconds=1.0,
+        threads=2,
+        out=out,
     )
     assert report.errors == 0
+    assert report.cache.backend == "redis"
+    assert report.cache.hits > 0
+    assert report.cache.invalidated
     assert report.replica_reads > 0
     assert report.primary_writes > 0
     assert "reads to postgresql+psycopg2://postgres@127.0.0.1:5433" in out.getvalue()

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import Engine, inspect
@@ -47,14 +48,14 @@ class Fallback(Exception):
 
 @dataclass(frozen=True)
 class _Entity:
-    mapper: Mapper[Any]
     identity_class: type[Any]
     new_instance: Callable[[], Any]
+    instance_dict: Callable[[Any], dict[str, Any]]
     load_options: tuple[Any, ...]  # options that follow the object's lazy loads
     path: Any
-    positions: tuple[int, ...]
     keys: tuple[str, ...]
-    pk: tuple[int, ...]  # indexes into ``positions`` of the primary key columns
+    values: Callable[[tuple[Any, ...]], tuple[Any, ...]]  # the entity's values of a row
+    pk: Callable[[tuple[Any, ...]], tuple[Any, ...]]  # the primary key among those
 
 
 @dataclass(frozen=True)
@@ -123,19 +124,20 @@ class FastPlan:
 
 
 def _instance(session: Session, identity_map: Any, part: _Entity, row: tuple[Any, ...]) -> Any:
-    values = [row[i] for i in part.positions]
-    pk = tuple(values[i] for i in part.pk)
-    if None in pk:
-        if all(v is None for v in pk):
-            return None  # the missing side of an outer join
-        raise Fallback("partial primary key")
+    values = part.values(row)
+    pk = part.pk(values)
     key = (part.identity_class, pk, None)
     obj = identity_map.get(key)
     if obj is not None:
         return obj
+    if None in pk:
+        if all(v is None for v in pk):
+            return None  # the missing side of an outer join
+        raise Fallback("partial primary key")
     # What SQLAlchemy's loading does for a new row (orm.loading._instance): the
-    # state gets its identity, its loaded values and joins the identity map,
-    # clean, so the object is persistent as if a query had loaded it.
+    # state gets its identity, its loaded values and joins the identity map, so
+    # the object is persistent and clean as if a query had loaded it. (A fresh
+    # state has nothing to commit: no history, no expired or modified flags.)
     obj = part.new_instance()
     state = instance_state(obj)
     state.key = key
@@ -143,10 +145,8 @@ def _instance(session: Session, identity_map: Any, part: _Entity, row: tuple[Any
     state.session_id = session.hash_key
     state.load_options = part.load_options
     state.load_path = part.path
-    dict_ = state.dict
-    dict_.update(zip(part.keys, values, strict=True))
+    part.instance_dict(obj).update(zip(part.keys, values, strict=True))
     identity_map._add_unpresent(state, key)
-    state._commit_all(dict_, identity_map)
     return obj
 
 
@@ -180,7 +180,7 @@ def plan_for(stmt: Any, engine: Engine) -> FastPlan | None:
             if made is None:
                 return None
             parts.append(made)
-            pos += len(made.positions)
+            pos += len(made.keys)
         else:
             parts.append(_Column(pos))
             pos += 1
@@ -228,12 +228,20 @@ def _entity_part(
     if not positions or any(k not in keys for k in pk_keys):
         return None
     return _Entity(
-        mapper=mapper,
         identity_class=mapper._identity_class,
         new_instance=mapper.class_manager.new_instance,
+        instance_dict=mapper.class_manager.dict_getter(),
         load_options=load_options,
         path=mapper._path_registry,
-        positions=tuple(positions),
         keys=tuple(keys),
-        pk=tuple(keys.index(k) for k in pk_keys),
+        values=_getter(positions),
+        pk=_getter([keys.index(k) for k in pk_keys]),
     )
+
+
+def _getter(positions: Sequence[int]) -> Callable[[tuple[Any, ...]], tuple[Any, ...]]:
+    """A C-speed ``row -> tuple(row[i] for i in positions)``."""
+    if len(positions) == 1:
+        one = positions[0]
+        return lambda row: (row[one],)
+    return itemgetter(*positions)
