@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Column, Integer, MetaData, Table, select, text
+from sqlalchemy.orm import registry, sessionmaker
 
 from sqlperf import create_optimized_engine
-from sqlperf.cache import QueryCache, RedisBackend
+from sqlperf.cache import QueryCache, RedisBackend, cached
 from tests.conftest import require
 
 WRITERS, READERS, COMMITS = 2, 3, 150
@@ -52,27 +53,40 @@ def _writer(job: _Job, committed: Any, lock: Any) -> None:
     engine.dispose()
 
 
+class _Row:
+    id: int
+    v: int
+
+
 def _reader(job: _Job, committed: Any, done: Any, out: Any) -> None:
     engine = create_optimized_engine(job.url, pool_size=2)
-    cache = QueryCache(RedisBackend(job.redis_url, namespace=job.namespace)).attach(engine)
     t = _table(job.table)
+    registry().map_imperatively(_Row, t)
+    factory = sessionmaker(engine)
+    cache = QueryCache(RedisBackend(job.redis_url, namespace=job.namespace)).install(factory)
+    orm_read = select(_Row).where(t.c.id == 1).options(cached())
     stale, reads, n = 0, 0, 0
     while not done.value:
         n += 1
         floor = committed.value  # before the read (its transaction) begins
-        with engine.connect() as conn:
-            if n % 2:
-                # A transaction whose snapshot starts with an uncached read: under
-                # REPEATABLE READ the cached read after it must not store its result.
-                conn.execute(select(t.c.id)).all()
-                time.sleep(0.002)  # let writers commit after this snapshot was taken
-            v = cache.execute(conn, select(t.c.v)).scalar_one()
+        if n % 3 == 0:
+            # The ORM path: hits answered before a connection is opened.
+            with factory() as session:
+                v = session.execute(orm_read).scalar_one().v
+        else:
+            with engine.connect() as conn:
+                if n % 3 == 1:
+                    # A transaction whose snapshot starts with an uncached read: under
+                    # REPEATABLE READ the cached read after it must not store its result.
+                    conn.execute(select(t.c.id)).all()
+                    time.sleep(0.002)  # let writers commit after this snapshot was taken
+                v = cache.execute(conn, select(t.c.v)).scalar_one()
         reads += 1
         if v < floor:
             stale += 1
     stats = cache.stats()
     out.put((stale, reads, stats.hits, stats.stores))
-    cache.detach()
+    cache.close()
     engine.dispose()
 
 
