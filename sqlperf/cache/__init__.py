@@ -9,6 +9,7 @@
 """
 
 from sqlperf.cache.backends import CacheBackend, Lookup, MemoryBackend, RedisBackend
+from sqlperf.cache.layered import LayeredBackend
 from sqlperf.cache.options import CacheDirective, CacheOption, cached, no_cache
 from sqlperf.cache.query_cache import CacheStats, QueryCache, cache_outcome
 
@@ -17,6 +18,7 @@ __all__ = [
     "CacheDirective",
     "CacheOption",
     "CacheStats",
+    "LayeredBackend",
     "Lookup",
     "MemoryBackend",
     "QueryCache",
