@@ -68,6 +68,13 @@ def _models(suffix: str) -> tuple[type[DeclarativeBase], Any, Any]:
     return Base, User, Order
 
 
+def _teardown(cache: QueryCache, base: Any, engine: Engine, backend: CacheBackend) -> None:
+    cache.close()
+    base.metadata.drop_all(engine)
+    backend.clear()
+    backend.close()
+
+
 def _backend(kind: str) -> CacheBackend:
     if kind == "memory":
         return MemoryBackend()
@@ -97,10 +104,7 @@ def shop(request: pytest.FixtureRequest, tmp_path: Path, make_engine: MakeEngine
     try:
         yield Shop(engine, cache, backend, factory, user, order)
     finally:
-        cache.close()
-        base.metadata.drop_all(engine)
-        backend.clear()
-        backend.close()
+        _teardown(cache, base, engine, backend)
 
 
 def _settled(shop: Shop) -> None:
@@ -316,10 +320,7 @@ def test_repeatable_read_stores_only_a_transactions_first_read(
         assert cache.stats().stores == 1
         assert cache.stats().bypasses["snapshot"] == 1
     finally:
-        cache.close()
-        base.metadata.drop_all(engine)
-        backend.clear()
-        backend.close()
+        _teardown(cache, base, engine, backend)
 
 
 def test_one_cache_per_engine(shop: Shop):
@@ -352,10 +353,7 @@ def test_routing_session_fills_from_the_primary_never_from_a_replica(
             s.execute(forced).scalar_one()  # the caller insisted on a replica: not stored
         assert cache.stats().bypasses["replica_read"] == 1
     finally:
-        cache.close()
-        base.metadata.drop_all(primary)
-        backend.clear()
-        backend.close()
+        _teardown(cache, base, primary, backend)
 
 
 def test_cross_process_lock_fills_once(postgres_url: str, redis_url: str, make_engine: MakeEngine):

@@ -79,6 +79,7 @@ _COMMITTING = "sqlperf.cache.committing"
 _FRESH = "sqlperf.cache.fresh"
 _OUTCOME_ATTR = "_sqlperf_cache_outcome"
 _OWNER_ATTR = "_sqlperf_query_cache"
+_MARK_BATCH_S = 0.005
 _SNAPSHOT_LEVELS = frozenset({"REPEATABLE READ", "SERIALIZABLE"})
 _DEFAULT = CacheDirective()
 
@@ -192,6 +193,9 @@ class _MarkClearer:
             if tables is None:
                 q.task_done()
                 return
+            # Wait a moment so the marks of commits in quick succession share one
+            # round trip (a mark only makes readers bypass; it never serves stale data).
+            time.sleep(_MARK_BATCH_S)
             batch = list(tables)
             n = 1
             while True:  # whatever piled up goes in the same round trip
