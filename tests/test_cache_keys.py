@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import Column, ForeignKey, Integer, MetaData, String, Table, func, select
 
-from sqlperf.cache.keys import ALL_TABLES, result_key, tables_read, tables_written_by_sql
+from sqlperf.cache.keys import ALL_TABLES, result_key, tables_of_compiled, tables_written_by_sql
 
 md = MetaData()
 users = Table("users", md, Column("id", Integer, primary_key=True), Column("name", String))
@@ -23,11 +23,12 @@ def test_tables_read_follows_joins_subqueries_and_ctes():
         .where(users.c.id.in_(select(cte.c.user_id)))
         .where(users.c.id > select(func.count(items.c.id)).scalar_subquery())
     )
-    assert tables_read(stmt) == (ALL_TABLES, "orders", "shop.items", "users")
+    assert tables_of_compiled(stmt.compile()) == (ALL_TABLES, "orders", "shop.items", "users")
 
 
-def test_tables_read_of_a_tableless_statement_is_not_cacheable():
-    assert tables_read(select(func.now())) is None
+def test_tables_read_of_a_tableless_or_locking_statement_is_not_cacheable():
+    assert tables_of_compiled(select(func.now()).compile()) == ()
+    assert tables_of_compiled(select(users.c.id).with_for_update().compile()) == ()
 
 
 def test_result_key_depends_on_sql_parameters_and_database():

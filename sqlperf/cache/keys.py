@@ -17,7 +17,6 @@ __all__ = [
     "ALL_TABLES",
     "result_key",
     "tables_of_compiled",
-    "tables_read",
     "tables_written_by_sql",
 ]
 
@@ -54,25 +53,6 @@ class Memo:
                 self.data.popitem(last=False)
 
 
-_tables_memo = Memo()
-
-
-def tables_read(stmt: ClauseElement) -> tuple[str, ...] | None:
-    """The tables ``stmt`` reads (joins, subqueries, CTEs included), sorted, plus
-    :data:`ALL_TABLES`; ``None`` if the statement cannot be analysed (never cache it).
-
-    Computed once per distinct statement shape (SQLAlchemy's cache key).
-    """
-    cache_key = stmt._generate_cache_key()  # memoized on the statement object
-    if cache_key is None:
-        return None
-    found = _tables_memo.get(cache_key.key)
-    if found is None:
-        found = _tables_in(stmt)
-        _tables_memo.put(cache_key.key, found)
-    return found or None
-
-
 def result_key(prefix: str, statement: str, parameters: Any) -> str:
     """A key stable across processes: the SQL text sent to the database and its
     parameters (by ``repr``), hashed. ``prefix`` names the namespace, dialect and
@@ -82,8 +62,9 @@ def result_key(prefix: str, statement: str, parameters: Any) -> str:
 
 
 def tables_of_compiled(compiled: Any) -> tuple[str, ...]:
-    """The tables a compiled ``SELECT`` reads, as :func:`tables_read`, or ``()`` if it
-    must not be cached (no table, ``FOR UPDATE``). For ORM statements this is the
+    """The tables a compiled ``SELECT`` reads (joins, subqueries, CTEs included),
+    sorted, plus :data:`ALL_TABLES`; ``()`` if it must not be cached (no table,
+    ``FOR UPDATE``). For ORM statements this is the
     statement as compiled, with its eager joins. Memoized on the compiled object,
     which SQLAlchemy itself caches."""
     found: tuple[str, ...] | None = compiled.__dict__.get("_sqlperf_cache_tables")

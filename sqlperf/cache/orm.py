@@ -109,15 +109,16 @@ class SessionHook:
         bind = getattr(session, "primary", None) or session.bind
         if type(bind) is not Engine or not self.cache._is_attached(bind):
             return None
-        plan = self._plan(state, bind)
+        found = self._plan(state, bind)
         if (
-            plan is None
+            found is None
             or self.session_wrote(session)
             # the query would flush first: it must see the flush
             or (session.autoflush and not session._is_clean())
         ):
             return None
-        return self._answer(state, session, bind, plan)
+        plan, bound_values = found
+        return self._answer(state, session, bind, plan, bound_values)
 
     def _directive(self, state: ORMExecuteState) -> CacheDirective | None:
         if not state.is_select:
@@ -129,7 +130,8 @@ class SessionHook:
                 return _DEFAULT if self.cache.cache_all else None
         return directive if directive.enabled else None
 
-    def _plan(self, state: ORMExecuteState, bind: Engine) -> FastPlan | None:
+    def _plan(self, state: ORMExecuteState, bind: Engine) -> tuple[FastPlan, list[Any]] | None:
+        """The statement shape's plan and this statement's bound values, or ``None``."""
         stmt: Any = state.statement
         cache_key = stmt._generate_cache_key()
         if cache_key is None:
@@ -139,16 +141,21 @@ class SessionHook:
         if plan is _UNKNOWN:
             plan = plan_for(stmt, bind)
             self._plans.put(shape, plan)
-        return plan
+        if plan is None:
+            return None
+        return plan, [b.effective_value for b in cache_key.bindparams]
 
     def _answer(
-        self, state: ORMExecuteState, session: Session, bind: Engine, plan: FastPlan
+        self,
+        state: ORMExecuteState,
+        session: Session,
+        bind: Engine,
+        plan: FastPlan,
+        values: list[Any],
     ) -> Result[Any] | None:
         cache = self.cache
         if not cache._deliver_pending():
             return None
-        stmt: Any = state.statement
-        values = [b.effective_value for b in stmt._generate_cache_key().bindparams]
         prefix = f"{cache.namespace}\0orm\0{bind.dialect.name}\0{bind.url.database or ''}\0"
         key = result_key(prefix, plan.sql, (values, state.parameters))
         tables = cache._prefixed(plan.tables)

@@ -39,8 +39,6 @@ writes should have invalidated for at most the entry's TTL.
 from __future__ import annotations
 
 import logging
-import os
-import queue
 import random
 import threading
 import time
@@ -57,6 +55,7 @@ from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.sql.base import Executable
 
 from sqlperf.cache.backends import CacheBackend, Lookup
+from sqlperf.cache.delivery import Breaker, MarkClearer
 from sqlperf.cache.flight import SingleFlight
 from sqlperf.cache.keys import (
     ALL_TABLES,
@@ -79,7 +78,6 @@ _COMMITTING = "sqlperf.cache.committing"
 _FRESH = "sqlperf.cache.fresh"
 _OUTCOME_ATTR = "_sqlperf_cache_outcome"
 _OWNER_ATTR = "_sqlperf_query_cache"
-_MARK_BATCH_S = 0.005
 _SNAPSHOT_LEVELS = frozenset({"REPEATABLE READ", "SERIALIZABLE"})
 _DEFAULT = CacheDirective()
 
@@ -140,89 +138,6 @@ class _Counters:
     flight_waits: int = 0
     bypasses: Counter[str] = field(default_factory=Counter)
     invalidations: Counter[str] = field(default_factory=Counter)
-
-
-class _Breaker:
-    """Open after ``threshold`` consecutive failures; retry after ``cooldown_s``."""
-
-    def __init__(self, threshold: int, cooldown_s: float) -> None:
-        self.threshold = threshold
-        self.cooldown_s = cooldown_s
-        self.failures = 0
-        self.open_until = 0.0
-
-    def allows(self) -> bool:
-        return self.failures < self.threshold or time.monotonic() >= self.open_until
-
-    def succeeded(self) -> None:
-        self.failures = 0
-
-    def failed(self) -> None:
-        self.failures += 1
-        if self.failures >= self.threshold:
-            self.open_until = time.monotonic() + self.cooldown_s
-
-
-class _MarkClearer:
-    """Clears in-flight marks off the commit's path, on a daemon thread (restarted
-    after a fork). ``flush()`` waits until everything queued was sent."""
-
-    def __init__(self, send: Callable[[Sequence[str]], None]) -> None:
-        self._send = send
-        self._queue: queue.Queue[list[str] | None] = queue.Queue()
-        self._thread: threading.Thread | None = None
-        self._pid = 0
-        self._lock = threading.Lock()
-
-    def put(self, tables: list[str]) -> None:
-        if self._pid != os.getpid() or self._thread is None:
-            with self._lock:
-                if self._pid != os.getpid() or self._thread is None:
-                    self._queue = queue.Queue()
-                    self._thread = threading.Thread(
-                        target=self._run, name="sqlperf-cache-marks", daemon=True
-                    )
-                    self._pid = os.getpid()
-                    self._thread.start()
-        self._queue.put(tables)
-
-    def _run(self) -> None:
-        q = self._queue
-        while True:
-            tables = q.get()
-            if tables is None:
-                q.task_done()
-                return
-            # Wait a moment so the marks of commits in quick succession share one
-            # round trip (a mark only makes readers bypass; it never serves stale data).
-            time.sleep(_MARK_BATCH_S)
-            batch = list(tables)
-            n = 1
-            while True:  # whatever piled up goes in the same round trip
-                try:
-                    more = q.get_nowait()
-                except queue.Empty:
-                    break
-                n += 1
-                if more is None:
-                    q.put(None)
-                    n -= 1
-                    q.task_done()
-                    break
-                batch.extend(more)
-            self._send(batch)
-            for _ in range(n):
-                q.task_done()
-
-    def flush(self) -> None:
-        if self._thread is not None and self._pid == os.getpid():
-            self._queue.join()
-
-    def stop(self) -> None:
-        if self._thread is not None and self._pid == os.getpid():
-            self._queue.put(None)
-            self._thread.join(5)
-        self._thread = None
 
 
 class QueryCache:
@@ -307,14 +222,14 @@ class QueryCache:
         self.cache_empty = cache_empty
         self.lock_s = lock_s
         self._codec = PayloadCodec(signing_key)
-        self._breaker = _Breaker(breaker_threshold, breaker_cooldown_s)
+        self._breaker = Breaker(breaker_threshold, breaker_cooldown_s)
         self._counters = _Counters()
         self._flight = SingleFlight() if single_flight else None
         self._pending: set[str] = set()  # invalidations not yet delivered
         self._pending_lock = threading.Lock()
         self._attached: dict[int, tuple[Engine, list[tuple[str, Callable[..., Any]]]]] = {}
         # A local backend clears marks at once; a remote one off the commit's path.
-        self._marks = None if getattr(backend, "is_local", False) else _MarkClearer(self._clear)
+        self._marks = None if getattr(backend, "is_local", False) else MarkClearer(self._clear)
         self._attach_lock = threading.Lock()
         self._orm = SessionHook(self)
 
