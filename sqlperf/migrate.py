@@ -14,7 +14,7 @@ Example::
 
     >>> from sqlperf.migrate import current, upgrade
     >>> upgrade("sqlite://")
-    '0001'
+    '0002'
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ def upgrade(url: str | URL, revision: str = "head") -> str:
     Example::
 
         >>> upgrade("sqlite://")
-        '0001'
+        '0002'
     """
     with _engine(url) as engine, engine.begin() as connection:
         with _alembic_config(connection) as config:

@@ -43,6 +43,7 @@ from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection, QueuePoo
 from sqlperf.exceptions import PoolTimeout
 
 __all__ = [
+    "CHECKOUT_WAIT_KEY",
     "MonitoredQueuePool",
     "PoolListeners",
     "PoolMonitor",
@@ -53,6 +54,10 @@ __all__ = [
 ]
 
 logger = logging.getLogger("sqlperf.pool")
+
+#: Key in a pooled connection's ``info``: seconds its latest checkout waited
+#: (``MonitoredQueuePool`` only). The query recorder reports it per statement.
+CHECKOUT_WAIT_KEY = "sqlperf.checkout_wait_s"
 
 _CHECKIN_AT = "sqlperf.checkin_at"
 _PID = "sqlperf.pid"
@@ -237,7 +242,9 @@ class MonitoredQueuePool(QueuePool):
             waited = time.perf_counter() - start
             self.monitor.record_timeout(waited)
             raise PoolTimeout(self._timeout_message(waited)) from err
-        self.monitor.record_wait(time.perf_counter() - start)
+        waited = time.perf_counter() - start
+        self.monitor.record_wait(waited)
+        conn.info[CHECKOUT_WAIT_KEY] = waited
         return conn
 
     def recreate(self) -> MonitoredQueuePool:

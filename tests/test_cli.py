@@ -67,11 +67,11 @@ def test_db_upgrade_then_current(cli: click.Group, tmp_path: Path) -> None:
 
     upgraded = runner.invoke(cli, ["db", "upgrade", "--url", url])
     assert upgraded.exit_code == 0, upgraded.output
-    assert "revision 0001" in upgraded.stdout
+    assert "revision 0002" in upgraded.stdout
 
     after = runner.invoke(cli, ["db", "current", "--url", url])
     assert after.exit_code == 0, after.output
-    assert after.stdout.strip() == "0001"
+    assert after.stdout.strip() == "0002"
 
 
 def test_db_url_from_the_environment(cli: click.Group, tmp_path: Path) -> None:
@@ -80,7 +80,7 @@ def test_db_url_from_the_environment(cli: click.Group, tmp_path: Path) -> None:
 
     assert runner.invoke(cli, ["db", "upgrade"]).exit_code == 0
     result = runner.invoke(cli, ["db", "current"])
-    assert result.stdout.strip() == "0001"
+    assert result.stdout.strip() == "0002"
 
 
 def test_db_upgrade_to_unknown_revision_exits_2(cli: click.Group, tmp_path: Path) -> None:

@@ -524,7 +524,9 @@ class QueryCache:
             key, tables, look = from_orm
         else:
             tables = self._prefixed(tables)
-            key = result_key(database, statement, parameters)
+            # context.statement is the SQL before before_cursor_execute listeners
+            # edited it: a recorder's sqlcommenter tags (a request id) must not split keys.
+            key = result_key(database, context.statement or statement, parameters)
             look = self._lookup(key, tables)
         if look is None:
             context._sqlperf_cache_outcome = "bypass:breaker_open"

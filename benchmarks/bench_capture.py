@@ -1,0 +1,229 @@
+"""Query-capture benchmark: what the recorder adds to every statement, against its peers.
+
+A loop of trivial queries, ``conn.execute(select(t).where(t.c.id == i)).first()``
+(the statement built per call, as application code does), on SQLite in memory
+and on PostgreSQL, with:
+
+* **none**: no instrumentation;
+* **list-append**: flask-sqlalchemy-style recording, ``perf_counter`` in
+  ``before_cursor_execute`` and a list append in ``after_cursor_execute``;
+* **sqltap**: ``sqltap.ProfilingSession`` on the engine (it listens to
+  ``before/after_execute`` and keeps a stack per query), where it installs;
+* **recorder aggregates**: ``QueryRecorder`` with the default ``slow_ms=100``,
+  so every statement only feeds the per-fingerprint aggregates;
+* **recorder record-all**: ``slow_ms=0``, every statement becomes a record
+  (call site, parameters, the writer thread and a memory sink included).
+
+Variants run interleaved round by round (the order rotates each round) and are
+reported as medians and as ratios to **none** of the same run. Also reported: how
+many times the recorder computed a fingerprint (once per distinct SQL string).
+
+Run: ``python -m benchmarks.bench_capture`` (``make bench`` runs all).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Column, Engine, Integer, MetaData, String, Table, event, insert, select
+
+from sqlperf import create_optimized_engine
+from sqlperf.capture import MemorySink, QueryRecorder
+
+RESULTS = Path(__file__).parent / "results"
+PG = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
+ROWS = 1000
+
+#: Targets of issue 5, each a ratio to "none" within one run, at most.
+TARGETS = {"sqlite recorder aggregates / none": 1.07}
+
+metadata = MetaData()
+table = Table(
+    "sqlperf_bench_capture",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(40)),
+)
+
+
+def _engine(url: str) -> Engine:
+    engine = create_optimized_engine(url)
+    metadata.drop_all(engine)
+    metadata.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(insert(table), [{"id": i, "name": f"row {i}"} for i in range(ROWS)])
+    return engine
+
+
+@contextmanager
+def _none(engine: Engine) -> Iterator[dict[str, Any]]:
+    yield {}
+
+
+@contextmanager
+def _list_append(engine: Engine) -> Iterator[dict[str, Any]]:
+    log: list[tuple[str, Any, float, float]] = []
+
+    def before(  # noqa: PLR0917 - SQLAlchemy's signature
+        conn: Any, cursor: Any, statement: str, params: Any, context: Any, many: bool
+    ) -> None:
+        context._bench_t0 = time.perf_counter()
+
+    def after(  # noqa: PLR0917 - SQLAlchemy's signature
+        conn: Any, cursor: Any, statement: str, params: Any, context: Any, many: bool
+    ) -> None:
+        log.append((statement, params, context._bench_t0, time.perf_counter()))
+
+    event.listen(engine, "before_cursor_execute", before)
+    event.listen(engine, "after_cursor_execute", after)
+    try:
+        yield {"queries": len(log)}
+    finally:
+        event.remove(engine, "before_cursor_execute", before)
+        event.remove(engine, "after_cursor_execute", after)
+
+
+def _sqltap_available() -> bool:
+    try:
+        import sqltap  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@contextmanager
+def _sqltap(engine: Engine) -> Iterator[dict[str, Any]]:
+    import sqltap
+
+    collected: list[Any] = []
+    # sqltap 0.3 uses SQLAlchemy's pre-1.4 listener signatures: they still work,
+    # with a deprecation warning per statement.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        session = sqltap.ProfilingSession(engine=engine, collect_fn=collected.append)
+        session.start()
+        try:
+            yield {}
+        finally:
+            session.stop()
+
+
+@contextmanager
+def _recorder(engine: Engine, slow_ms: float) -> Iterator[dict[str, Any]]:
+    sink = MemorySink(capacity=1_000_000)
+    recorder = QueryRecorder(
+        slow_ms=slow_ms, sinks=[sink], queue_size=1_000_000, stats_interval_s=None
+    ).attach(engine)
+    info: dict[str, Any] = {}
+    try:
+        yield info
+    finally:
+        recorder.flush()
+        stats = recorder.stats()
+        info.update(
+            statements=stats.statements,
+            recorded=stats.recorded,
+            dropped=stats.dropped,
+            fingerprints_computed=sum(i.fingerprints.misses for i in recorder._engines.values()),
+        )
+        recorder.close()
+
+
+def _variants() -> dict[str, Callable[[Engine], Any]]:
+    variants: dict[str, Callable[[Engine], Any]] = {
+        "none": _none,
+        "list-append": _list_append,
+        "recorder aggregates": lambda e: _recorder(e, 100.0),
+        "recorder record-all": lambda e: _recorder(e, 0.0),
+    }
+    if _sqltap_available():
+        variants["sqltap"] = _sqltap
+    return variants
+
+
+def _loop(engine: Engine, n: int) -> float:
+    """Microseconds per query of ``n`` one-row selects on one connection."""
+    with engine.connect() as conn:
+        started = time.perf_counter()
+        for i in range(n):
+            conn.execute(select(table).where(table.c.id == i % ROWS)).first()
+        return (time.perf_counter() - started) / n * 1e6
+
+
+def run(url: str, *, queries: int, rounds: int) -> dict[str, Any]:
+    """Measure every variant on ``url``; return medians, ratios and recorder counters."""
+    engine = _engine(url)
+    variants = _variants()
+    names = list(variants)
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    infos: dict[str, dict[str, Any]] = {}
+    try:
+        _loop(engine, min(queries, 2000))  # warm the compiled cache and the pool
+        for r in range(rounds):
+            order = names[r % len(names) :] + names[: r % len(names)]
+            for name in order:
+                with variants[name](engine) as info:
+                    samples[name].append(_loop(engine, queries))
+                infos[name] = info
+    finally:
+        metadata.drop_all(engine)
+        engine.dispose()
+    medians = {name: statistics.median(values) for name, values in samples.items()}
+    return {
+        "us_per_query": medians,
+        "ratio_to_none": {name: medians[name] / medians["none"] for name in names},
+        "recorder": {k: v for k, v in infos.items() if k.startswith("recorder")},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; print a table and write ``results/capture-*.json``."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--queries", type=int, default=20_000, help="queries per sample (SQLite)")
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--pg-url", default=PG)
+    parser.add_argument("--no-pg", action="store_true", help="SQLite only")
+    args = parser.parse_args(argv)
+
+    results: dict[str, Any] = {"sqlite": run("sqlite://", queries=args.queries, rounds=args.rounds)}
+    if not args.no_pg:
+        results["postgresql"] = run(
+            args.pg_url, queries=max(200, args.queries // 10), rounds=args.rounds
+        )
+    for db, result in results.items():
+        print(f"\n{db}: µs per trivial query (median of {args.rounds}) and ratio to none")
+        for name, us in result["us_per_query"].items():
+            print(f"  {name:22} {us:8.1f} µs  {result['ratio_to_none'][name]:6.3f}x")
+        for name, info in result["recorder"].items():
+            print(f"  {name}: {info}")
+
+    checks = {
+        "sqlite recorder aggregates / none": results["sqlite"]["ratio_to_none"][
+            "recorder aggregates"
+        ]
+    }
+    failed = [name for name, value in checks.items() if value > TARGETS[name]]
+    for name, value in checks.items():
+        print(
+            f"target {name}: {value:.3f} (at most {TARGETS[name]}) "
+            f"{'MISSED' if name in failed else 'ok'}"
+        )
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"capture-{datetime.now():%Y%m%d-%H%M%S}.json"
+    out.write_text(json.dumps({"results": results, "checks": checks, "targets": TARGETS}, indent=2))
+    print(f"\nwrote {out}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
