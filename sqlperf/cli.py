@@ -3,7 +3,7 @@
 ::
 
     sqlperf demo [--url URL | --db PATH] [--replica-url URL] [--redis-url URL]
-                 [--orders N] [--seconds S] [--threads N] [--workers N]
+                 [--out DIR] [--orders N] [--seconds S] [--threads N] [--workers N]
     sqlperf db upgrade --url URL [--revision REV]
     sqlperf db current --url URL
 
@@ -155,6 +155,14 @@ def make_cli() -> click.Group:
         type=click.Path(dir_okay=False, writable=True),
         help="SQLite file to use and keep (instead of a temporary one).",
     )
+    @click.option(
+        "--out",
+        "out_dir",
+        default="sqlperf-demo-out",
+        show_default=True,
+        type=click.Path(file_okay=False, writable=True),
+        help="Folder for the demo's output (the captured query log, query_log.jsonl).",
+    )
     @click.option("--orders", default=100_000, show_default=True, type=click.IntRange(min=1))
     @click.option(
         "--seconds",
@@ -177,6 +185,7 @@ def make_cli() -> click.Group:
         replica_url: str | None,
         redis_url: str | None,
         db_path: str | None,
+        out_dir: str,
         orders: int,
         seconds: float,
         threads: int,
@@ -199,6 +208,7 @@ def make_cli() -> click.Group:
                 threads=threads,
                 workers=workers,
                 out=sys.stdout,  # looked up now: CliRunner and redirections replace it
+                out_dir=out_dir,
             )
 
     @cli.group()

@@ -62,7 +62,9 @@ from sqlalchemy import (
 from sqlalchemy.orm import sessionmaker
 
 from sqlperf.budget import PoolBudget, check_pool_budget
+from sqlperf.capture import QueryRecorder
 from sqlperf.demo_cache import CacheDemoReport, run_cache_demo
+from sqlperf.demo_capture import CaptureDemoReport, finish_capture, start_capture
 from sqlperf.engine import create_optimized_engine, safe_url
 from sqlperf.exceptions import ConfigurationError, SqlperfError
 from sqlperf.pool import PoolStatus, pool_status
@@ -204,6 +206,7 @@ class DemoReport:
         replica_reads: reads the replica served.
         total_seconds: the whole run, schema and clean-up included.
         cache: what the query-cache part measured (hit ratio, speed-up, invalidation).
+        capture: what the query recorder captured over the whole run.
     """
 
     url: str
@@ -232,6 +235,7 @@ class DemoReport:
     replica_reads: int
     total_seconds: float
     cache: CacheDemoReport
+    capture: CaptureDemoReport
 
     def operation(self, name: str) -> OperationStats:
         """Return the statistics of operation ``name``.
@@ -600,7 +604,11 @@ class _ThreadLog:
 
 
 def _run_thread(
-    workload: _Workload, seed: int, seconds: float, start: threading.Barrier
+    workload: _Workload,
+    recorder: QueryRecorder,
+    seed: int,
+    seconds: float,
+    start: threading.Barrier,
 ) -> _ThreadLog:
     rng = random.Random(seed)
     log = _ThreadLog()
@@ -613,7 +621,8 @@ def _run_thread(
         op = next(o for o, c in zip(_OPERATIONS, cumulative, strict=True) if pick < c)
         began = clock()
         try:
-            written = op.run(workload, rng)
+            with recorder.scope(operation=op.name):  # one scope per operation, like a request
+                written = op.run(workload, rng)
         except (sqlalchemy.exc.SQLAlchemyError, SqlperfError) as err:
             log.errors[op.name] += 1
             if log.first_error is None:
@@ -688,6 +697,7 @@ def run_demo(
     workers: int = 4,
     seed: int = 42,
     out: TextIO | None = None,
+    out_dir: str | Path | None = None,
 ) -> DemoReport:
     """Seed a shop database and run a mixed read/write workload against it.
 
@@ -711,6 +721,8 @@ def run_demo(
         seed: seed of the data and the workload's choices.
         out: where to print the progress and summary; ``sys.stdout`` at the
             time of the call when ``None``.
+        out_dir: a folder for the captured query log (``query_log.jsonl``);
+            ``None`` keeps the log in memory and in the database only.
 
     Returns:
         A :class:`DemoReport` with the numbers that were printed.
@@ -752,6 +764,7 @@ def run_demo(
                 workers=workers,
                 seed=seed,
                 emit=emit,
+                out_dir=Path(out_dir) if out_dir is not None else None,
             )
         finally:
             engine.dispose()
@@ -810,6 +823,40 @@ def _run(
     workers: int,
     seed: int,
     emit: Callable[..., None],
+    out_dir: Path | None,
+) -> DemoReport:
+    recorder = start_capture(engine, out_dir=out_dir)
+    try:
+        return _run_captured(
+            engine,
+            recorder,
+            replica_url=replica_url,
+            redis_url=redis_url,
+            n_orders=n_orders,
+            seconds=seconds,
+            threads=threads,
+            workers=workers,
+            seed=seed,
+            emit=emit,
+            out_dir=out_dir,
+        )
+    finally:
+        recorder.close()  # a second close (after finish_capture) does nothing
+
+
+def _run_captured(  # noqa: PLR0915 - the demo's one story, told in order
+    engine: Engine,
+    recorder: QueryRecorder,
+    *,
+    replica_url: str | None,
+    redis_url: str | None,
+    n_orders: int,
+    seconds: float,
+    threads: int,
+    workers: int,
+    seed: int,
+    emit: Callable[..., None],
+    out_dir: Path | None,
 ) -> DemoReport:
     sizes = _Sizes(
         customers=max(10, n_orders // 10), products=max(20, n_orders // 100), orders=n_orders
@@ -837,6 +884,8 @@ def _run(
     emit(f"analyzed the tables in {time.perf_counter() - analyzed:.2f} s")
 
     replica = _replica(engine, replica_url)
+    if replica is not None:
+        recorder.attach(replica)
     if replica is None:
         emit("routing: no replica (pass --replica-url); everything on the primary")
     elif replica_url is None:
@@ -849,7 +898,7 @@ def _run(
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="sqlperf-demo") as pool:
         futures = [
-            pool.submit(_run_thread, workload, seed * 1000 + i, seconds, barrier)
+            pool.submit(_run_thread, workload, recorder, seed * 1000 + i, seconds, barrier)
             for i in range(threads)
         ]
         logs = [f.result() for f in futures]
@@ -891,6 +940,8 @@ def _run(
         seed=seed,
         emit=emit,
     )
+    emit()
+    capture = finish_capture(recorder, engine, out_dir=out_dir, emit=emit)
     if replica is not None:
         replica.dispose()
     return DemoReport(
@@ -920,4 +971,5 @@ def _run(
         replica_reads=replica_reads,
         total_seconds=0.0,  # likewise
         cache=cache,
+        capture=capture,
     )

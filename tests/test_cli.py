@@ -21,9 +21,11 @@ def cli() -> click.Group:
     return make_cli()
 
 
-def test_demo_on_a_temporary_sqlite_file(cli: click.Group) -> None:
+def test_demo_on_a_temporary_sqlite_file(cli: click.Group, tmp_path: Path) -> None:
+    out = tmp_path / "out"
     result = CliRunner().invoke(
-        cli, ["demo", "--orders", "200", "--seconds", "0.3", "--threads", "2"]
+        cli,
+        ["demo", "--orders", "200", "--seconds", "0.3", "--threads", "2", "--out", str(out)],
     )
 
     assert result.exit_code == 0, result.output
@@ -31,14 +33,14 @@ def test_demo_on_a_temporary_sqlite_file(cli: click.Group) -> None:
         assert name in result.stdout
     assert "seeded" in result.stdout
     assert "temporary database removed" in result.stdout
+    assert "top fingerprints by total time" in result.stdout
+    assert (out / "query_log.jsonl").stat().st_size > 0
 
 
 def test_demo_keeps_the_file_given_with_db(cli: click.Group, tmp_path: Path) -> None:
     path = tmp_path / "shop.db"
-    result = CliRunner().invoke(
-        cli,
-        ["demo", "--db", str(path), "--orders", "100", "--seconds", "0.2", "--threads", "1"],
-    )
+    args = ["demo", "--db", str(path), "--orders", "100", "--seconds", "0.2", "--threads", "1"]
+    result = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "out")])
 
     assert result.exit_code == 0, result.output
     assert path.exists()

@@ -11,6 +11,7 @@ from sqlalchemy import FromClause, create_engine, func, inspect, make_url, selec
 from sqlalchemy.pool import NullPool
 
 from sqlperf import ConfigurationError
+from sqlperf.capture import read_query_log, read_query_stats
 from sqlperf.demo import (
     DemoReport,
     customers,
@@ -48,6 +49,18 @@ def _check_report(report: DemoReport, summary: str) -> None:
     for text in ("rows/s", "throughput", "operations/s", "pool:", "pool budget", "p95 ms"):
         assert text in summary
     assert report.budget.advice in summary
+    capture = report.capture
+    # Every operation's statements were measured; the top of the table is what took longest.
+    assert capture.statements > report.total_operations
+    assert capture.dropped == 0
+    assert len(capture.top) == 5
+    assert [t.total_ms for t in capture.top] == sorted(
+        (t.total_ms for t in capture.top), reverse=True
+    )
+    assert "top fingerprints by total time" in summary
+    assert capture.top[0].fingerprint[:60] in summary
+    assert capture.table_stats > 0  # the database sink wrote the statistics windows
+    assert capture.table_records == sum(capture.records.values())
     cache = report.cache
     assert cache.hits + cache.misses == cache.requests  # each repeated read looked up once
     assert cache.hits > 0
@@ -104,7 +117,9 @@ def test_demo_on_sqlite_file(tmp_path: Path) -> None:
     path = tmp_path / "shop.db"
     out = io.StringIO()
 
-    report = run_demo(f"sqlite:///{path}", orders=300, seconds=1.0, threads=2, out=out)
+    report = run_demo(
+        f"sqlite:///{path}", orders=300, seconds=1.0, threads=2, out=out, out_dir=tmp_path / "out"
+    )
 
     assert report.dialect == "sqlite"
     assert report.database_kept
@@ -117,6 +132,12 @@ def test_demo_on_sqlite_file(tmp_path: Path) -> None:
     assert "split: primary" in out.getvalue()
     assert path.exists()
     _check_database(f"sqlite:///{path}", report)
+    # The JSON Lines log holds what the database table holds.
+    assert report.capture.log_path == tmp_path / "out" / "query_log.jsonl"
+    stats = read_query_stats(report.capture.log_path)
+    assert int(stats["calls"].sum()) == report.capture.statements
+    assert len(read_query_log(report.capture.log_path)) == report.capture.table_records
+    assert int(read_query_stats(f"sqlite:///{path}")["calls"].sum()) >= report.capture.statements
 
 
 def test_demo_reseeds_from_scratch_on_rerun(tmp_path: Path) -> None:

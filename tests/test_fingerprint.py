@@ -247,7 +247,7 @@ def test_tables_are_big_enough():
             "insert into t (a, b) values (?, ?)",
         ),
         ("SELECT t1.col_2 FROM anon_1", False, "select t1.col_2 from anon_1"),
-        ("select a-1, x = -1, f( -2 )", False, "select a - ?, x = ?, f (?)"),
+        ("select a-1, x = -1, f( -2 )", False, "select a - ?, x = ?, f(?)"),
         ("select x :: int, t . a", False, "select x::int, t.a"),
         ('select "Users"."Id", `b` from "Users"', False, 'select "Users"."Id", `b` from "Users"'),
         ("select \"x\", 'y\\\\', 'z\\'' from t", True, "select ?, ?, ? from t"),

@@ -241,6 +241,15 @@ class Fingerprint:
     is_select: bool
 
 
+# Words after which "(" starts a list or a subquery, not a function's arguments:
+# "in (?+)", "values (?)", "from (select ...)" keep their space, "count(*)" has none.
+_SPACED_BEFORE_PAREN = frozenset(
+    {"all", "and", "any", "as", "by", "case", "else", "exists", "from", "in", "into", "is",
+     "join", "lateral", "not", "on", "or", "over", "returning", "select", "set", "some",
+     "table", "then", "union", "using", "values", "when", "where", "with"}
+)  # fmt: skip
+
+
 def _starts_expression(token: str) -> bool:
     """Tell whether a ``-`` after ``token`` is a unary minus."""
     first = token[0]
@@ -327,15 +336,32 @@ def _tokens(sql: str, mysql: bool) -> list[str]:
     return tokens
 
 
+def _is_call(before: str, previous: str, token: str) -> bool:
+    """Tell whether ``token`` opens the argument list of a function named ``previous``.
+
+    A name after ``into`` or ``table`` is a table and its column list keeps the space.
+    """
+    return (
+        token == "("
+        and previous[:1].isalpha()
+        and previous not in _SPACED_BEFORE_PAREN
+        and before not in ("into", "table")
+    )
+
+
 def _join(tokens: list[str]) -> str:
     """Join normalised tokens with canonical spacing."""
     parts: list[str] = []
-    previous = "("  # no space before the first token
+    before = previous = "("  # no space before the first token
     for token in tokens:
-        if previous not in _NO_SPACE_AFTER and token not in _NO_SPACE_BEFORE:
+        if (
+            previous not in _NO_SPACE_AFTER
+            and token not in _NO_SPACE_BEFORE
+            and not _is_call(before, previous, token)
+        ):
             parts.append(" ")
         parts.append(token)
-        previous = token
+        before, previous = previous, token
     return "".join(parts)
 
 
