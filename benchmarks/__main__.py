@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from benchmarks import bench_cache, bench_engine, bench_routing
+from benchmarks import bench_cache, bench_capture, bench_engine, bench_routing
 
 
 def main(argv: list[str]) -> int:
@@ -17,6 +17,9 @@ def main(argv: list[str]) -> int:
         ["--seconds", "0.2", "--rounds", "1", "--statements", "500"] if quick else []
     )
     rc |= bench_cache.main(["--orders", "2000", "--ops", "100", "--rounds", "1"] if quick else [])
+    rc |= bench_capture.main(
+        ["--queries", "300", "--pg-queries", "50", "--rounds", "2"] if quick else []
+    )
     return rc
 
 

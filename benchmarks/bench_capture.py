@@ -187,19 +187,22 @@ def run(url: str, *, queries: int, rounds: int) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the benchmark; print a table and write ``results/capture-*.json``."""
+    """Run the benchmark; print a table and write the results as JSON.
+
+    Returns 0: a missed target is reported (``MISS`` and ``"met": false``), not an error.
+    """
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--queries", type=int, default=20_000, help="queries per sample (SQLite)")
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--queries", type=int, default=3000, help="queries per sample, SQLite")
+    parser.add_argument("--pg-queries", type=int, default=800, help="queries per sample, PG")
+    parser.add_argument("--rounds", type=int, default=25, help="samples per variant")
     parser.add_argument("--pg-url", default=PG)
     parser.add_argument("--no-pg", action="store_true", help="SQLite only")
+    parser.add_argument("--out", type=Path, help="JSON file (default: results/capture-*.json)")
     args = parser.parse_args(argv)
 
     results: dict[str, Any] = {"sqlite": run("sqlite://", queries=args.queries, rounds=args.rounds)}
     if not args.no_pg:
-        results["postgresql"] = run(
-            args.pg_url, queries=max(200, args.queries // 10), rounds=args.rounds
-        )
+        results["postgresql"] = run(args.pg_url, queries=args.pg_queries, rounds=args.rounds)
     for db, result in results.items():
         print(f"\n{db}: µs per trivial query (median of {args.rounds}) and ratio to none")
         for name, us in result["us_per_query"].items():
@@ -207,22 +210,17 @@ def main(argv: list[str] | None = None) -> int:
         for name, info in result["recorder"].items():
             print(f"  {name}: {info}")
 
-    checks = {
-        "sqlite recorder aggregates / none": results["sqlite"]["ratio_to_none"][
-            "recorder aggregates"
-        ]
-    }
-    failed = [name for name, value in checks.items() if value > TARGETS[name]]
-    for name, value in checks.items():
-        print(
-            f"target {name}: {value:.3f} (at most {TARGETS[name]}) "
-            f"{'MISSED' if name in failed else 'ok'}"
-        )
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"capture-{datetime.now():%Y%m%d-%H%M%S}.json"
-    out.write_text(json.dumps({"results": results, "checks": checks, "targets": TARGETS}, indent=2))
+    value = results["sqlite"]["ratio_to_none"]["recorder aggregates"]
+    name = "sqlite recorder aggregates / none"
+    targets = {name: {"value": round(value, 3), "target": TARGETS[name]}}
+    targets[name]["met"] = value <= TARGETS[name]
+    for label, t in targets.items():
+        print(f"  {'met ' if t['met'] else 'MISS'} {label}: {t['value']} (at most {t['target']})")
+    out = args.out or RESULTS / f"capture-{datetime.now():%Y%m%d-%H%M%S}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"results": results, "targets": targets}, indent=2))
     print(f"\nwrote {out}")
-    return 1 if failed else 0
+    return 0
 
 
 if __name__ == "__main__":

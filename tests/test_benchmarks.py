@@ -54,3 +54,23 @@ def test_bench_cache_runs(postgres_url: str, redis_url: str, tmp_path: Path):
     assert data["redis_round_trips"]["per_hit"] == 1.0  # counted, not timed
     assert data["redis_round_trips"]["per_commit_on_commit_path"] == 1.0
     assert all("met" in t for t in data["targets"].values())
+
+
+def test_bench_capture_runs(postgres_url: str, tmp_path: Path):
+    from benchmarks import bench_capture
+
+    out = tmp_path / "bench_capture.json"
+    argv = ["--queries", "50", "--pg-queries", "20", "--rounds", "2", "--pg-url", postgres_url]
+    assert bench_capture.main([*argv, "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert set(data["results"]) == {"sqlite", "postgresql"}
+    for result in data["results"].values():
+        assert result["ratio_to_none"]["none"] == 1.0
+        assert {"list-append", "sqltap", "recorder aggregates"} <= set(result["us_per_query"])
+        aggregates, record_all = (
+            result["recorder"]["recorder aggregates"],
+            result["recorder"]["recorder record-all"],
+        )
+        assert (aggregates["recorded"], aggregates["fingerprints_computed"]) == (0, 1)
+        assert record_all["recorded"] == record_all["statements"]  # nothing dropped or lost
+    assert all("met" in t for t in data["targets"].values())

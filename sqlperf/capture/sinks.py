@@ -57,8 +57,9 @@ _NAIVE_TIMESTAMP_DIALECTS = frozenset({"mysql", "mariadb", "sqlite"})
 class Sink(Protocol):
     """What the recorder writes to; implementations need not inherit from it.
 
-    ``write``, ``flush`` and ``close`` are called from the recorder's single
-    writer thread only, never concurrently, so a sink needs no lock for them
+    ``write``, ``flush`` and ``close`` are called by the recorder's writer
+    thread, or by a thread calling ``recorder.flush()``, but never
+    concurrently (the writer holds a lock), so a sink needs no lock for them
     (a sink whose contents are also read from other threads, like
     :class:`MemorySink`, guards those reads). ``close()`` is called once, after
     the last ``write``. An exception a method raises costs that sink the batch;

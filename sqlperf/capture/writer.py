@@ -2,10 +2,16 @@
 
 The application's thread only appends to a deque (a few tens of nanoseconds,
 never blocking, never taking a lock): when the deque holds ``capacity`` items
-the new one is dropped and counted. One daemon thread wakes every
-``poll_s`` (or at once on :meth:`Writer.flush`), turns the pending items into
-rows with the recorder's ``build`` function (parameter formatting and ``EXPLAIN``
-happen here, off the query's thread), and hands each batch to every sink.
+the new one is dropped and counted. One daemon thread wakes every ``poll_s``,
+turns the pending items into rows with the recorder's ``build`` function
+(parameter formatting and ``EXPLAIN`` happen here, off the query's thread), and
+hands each batch to every sink. :meth:`Writer.flush` does the same at once on
+the caller's thread; a lock keeps the two from calling the sinks concurrently.
+
+The thread sleeps with ``time.sleep`` rather than waiting on an event with a
+timeout: on CPython a second thread in a timed wait measurably slowed a loop of
+trivial SQLite queries on the other thread (by 2-5% in ``bench_capture``), a
+sleeping one did not.
 
 A sink that raises loses that batch for itself alone: the error is counted and
 logged (at most once per sink per minute), and the other sinks still get it. A
@@ -32,20 +38,12 @@ logger = logging.getLogger("sqlperf.capture")
 _ERROR_LOG_EVERY_S = 60.0
 
 
-class _Flush:
-    """A marker in the queue: everything before it has been written once it is set."""
-
-    def __init__(self, *, stats: bool) -> None:
-        self.done = threading.Event()
-        self.stats = stats
-
-
 class Writer:
     """A bounded queue in front of the sinks, drained by one daemon thread.
 
     Args:
         sinks: where batches go, in order.
-        build: turns one pending item into a :class:`QueryRecord` (runs on the writer thread).
+        build: turns one pending item into a :class:`QueryRecord` (off the query's thread).
         window: returns the statistics rows of the window that ends now.
         capacity: pending items held before new ones are dropped.
         stats_interval_s: how often ``window`` is called; ``None``: only on flush and close.
@@ -69,8 +67,8 @@ class Writer:
         self._interval = stats_interval_s
         self._poll_s = poll_s
         self._pending: collections.deque[Any] = collections.deque()
-        self._wake = threading.Event()
         self._lock = threading.Lock()
+        self._draining = threading.Lock()  # held while the sinks are being called
         self._stopping = False
         self._thread: threading.Thread | None = None
         self.dropped = 0
@@ -104,64 +102,59 @@ class Writer:
                 self._thread.start()
 
     def flush(self, timeout: float | None = 30.0, *, stats: bool = True) -> bool:
-        """Wait until everything queued so far has reached the sinks.
+        """Write everything queued so far to the sinks, on the calling thread.
 
         Args:
-            timeout: seconds to wait at most; ``None`` waits for ever.
+            timeout: seconds to wait at most for the writer thread to finish its
+                batch; ``None`` waits for ever.
             stats: also emit the statistics of the window so far.
 
         Returns:
             False if the timeout passed first (the writer is stuck in a slow sink).
         """
-        marker = _Flush(stats=stats)
-        self._pending.append(marker)  # past the capacity check: a flush is never dropped
-        if self._thread is None or not self._thread.is_alive():
+        if not self._draining.acquire(timeout=-1 if timeout is None else timeout):
+            return False
+        try:
             self._drain()
-            return True
-        self._wake.set()
-        return marker.done.wait(timeout)
+            if stats:
+                self._emit_stats()
+            for sink in self.sinks:
+                self._call(sink, "flush")
+        finally:
+            self._draining.release()
+        return True
 
     def close(self, timeout: float | None = 30.0) -> None:
         """Flush, stop the thread and close every sink."""
-        self.flush(timeout)
         with self._lock:
             self._stopping = True
             thread = self._thread
-        self._wake.set()
         if thread is not None:
             thread.join(timeout)
+        self.flush(timeout)
         for sink in self.sinks:
             self._call(sink, "close")
 
     def _run(self) -> None:
-        next_window = (
-            time.monotonic() + self._interval if self._interval is not None else float("inf")
-        )
-        while True:
-            self._wake.wait(self._poll_s)
-            self._wake.clear()
-            self._drain()
-            if time.monotonic() >= next_window:
-                self._emit_stats()
-                assert self._interval is not None
-                next_window = time.monotonic() + self._interval
-            if self._stopping and not self._pending:
-                return
+        interval = self._interval
+        next_window = time.monotonic() + interval if interval is not None else float("inf")
+        while not self._stopping:
+            time.sleep(self._poll_s)
+            window = time.monotonic() >= next_window
+            if not (self._pending or window):
+                continue
+            with self._draining:
+                self._drain()
+                if window:
+                    self._emit_stats()
+            if window and interval is not None:
+                next_window = time.monotonic() + interval
 
     def _drain(self) -> None:
         pending = self._pending
         batch: list[QueryRecord | StatsRow] = []
         while pending:
             item = pending.popleft()
-            if isinstance(item, _Flush):
-                self._write(batch)
-                batch = []
-                if item.stats:
-                    self._emit_stats()
-                for sink in self.sinks:
-                    self._call(sink, "flush")
-                item.done.set()
-                continue
             try:
                 batch.append(self._build(item))
             except Exception:
