@@ -64,7 +64,7 @@ from sqlalchemy.orm import sessionmaker
 from sqlperf.budget import PoolBudget, check_pool_budget
 from sqlperf.capture import QueryRecorder
 from sqlperf.demo_cache import CacheDemoReport, run_cache_demo
-from sqlperf.demo_capture import CaptureDemoReport, finish_capture, start_capture
+from sqlperf.demo_capture import CaptureDemoReport, DemoCapture, finish_capture, start_capture
 from sqlperf.engine import create_optimized_engine, safe_url
 from sqlperf.exceptions import ConfigurationError, SqlperfError
 from sqlperf.pool import PoolStatus, pool_status
@@ -825,11 +825,11 @@ def _run(
     emit: Callable[..., None],
     out_dir: Path | None,
 ) -> DemoReport:
-    recorder = start_capture(engine, out_dir=out_dir)
+    capture = start_capture(engine, out_dir=out_dir)
     try:
         return _run_captured(
             engine,
-            recorder,
+            capture,
             replica_url=replica_url,
             redis_url=redis_url,
             n_orders=n_orders,
@@ -841,12 +841,12 @@ def _run(
             out_dir=out_dir,
         )
     finally:
-        recorder.close()  # a second close (after finish_capture) does nothing
+        capture.recorder.close()  # a second close (after finish_capture) does nothing
 
 
 def _run_captured(  # noqa: PLR0915 - the demo's one story, told in order
     engine: Engine,
-    recorder: QueryRecorder,
+    capture: DemoCapture,
     *,
     replica_url: str | None,
     redis_url: str | None,
@@ -858,6 +858,7 @@ def _run_captured(  # noqa: PLR0915 - the demo's one story, told in order
     emit: Callable[..., None],
     out_dir: Path | None,
 ) -> DemoReport:
+    recorder = capture.recorder
     sizes = _Sizes(
         customers=max(10, n_orders // 10), products=max(20, n_orders // 100), orders=n_orders
     )
@@ -941,7 +942,7 @@ def _run_captured(  # noqa: PLR0915 - the demo's one story, told in order
         emit=emit,
     )
     emit()
-    capture = finish_capture(recorder, engine, out_dir=out_dir, emit=emit)
+    captured = finish_capture(capture, engine, out_dir=out_dir, emit=emit)
     if replica is not None:
         replica.dispose()
     return DemoReport(
@@ -971,5 +972,5 @@ def _run_captured(  # noqa: PLR0915 - the demo's one story, told in order
         replica_reads=replica_reads,
         total_seconds=0.0,  # likewise
         cache=cache,
-        capture=capture,
+        capture=captured,
     )

@@ -19,7 +19,7 @@ from sqlperf.capture import DatabaseSink, JsonlSink, MemorySink, QueryRecorder, 
 from sqlperf.migrate import upgrade
 from sqlperf.schema import query_log_table, query_stats_table
 
-__all__ = ["CaptureDemoReport", "TopFingerprint", "finish_capture", "start_capture"]
+__all__ = ["CaptureDemoReport", "DemoCapture", "TopFingerprint", "finish_capture", "start_capture"]
 
 #: Statements at least this slow become records in the demo (its queries are fast).
 DEMO_SLOW_MS = 20.0
@@ -47,7 +47,7 @@ class CaptureDemoReport:
         dropped: records dropped by a full queue (0 unless a sink stalled).
         top: the five fingerprints with the largest total time.
         log_path: the JSON Lines log, if an output folder was given.
-        table_records / table_stats: rows the database sink wrote.
+        table_records / table_stats: rows the database sink wrote in this run.
     """
 
     statements: int
@@ -60,24 +60,45 @@ class CaptureDemoReport:
     table_stats: int
 
 
-def start_capture(engine: Engine, *others: Engine, out_dir: Path | None) -> QueryRecorder:
-    """Create sqlperf's log tables in the demo's database and start recording ``engine``."""
+def _table_counts(engine: Engine) -> tuple[int, int]:
+    with engine.connect() as conn:
+        return (
+            conn.execute(select(func.count()).select_from(query_log_table)).scalar_one(),
+            conn.execute(select(func.count()).select_from(query_stats_table)).scalar_one(),
+        )
+
+
+@dataclass(frozen=True)
+class DemoCapture:
+    """The demo's recorder and the log tables' row counts before it started."""
+
+    recorder: QueryRecorder
+    records_before: int
+    stats_before: int
+
+
+def start_capture(engine: Engine, *others: Engine, out_dir: Path | None) -> DemoCapture:
+    """Create sqlperf's log tables in the demo's database and start recording ``engine``.
+
+    On a server database the tables keep earlier runs' rows; the report counts this run's.
+    """
     upgrade(engine.url)
+    records_before, stats_before = _table_counts(engine)
     sinks: list[Sink] = [MemorySink(capacity=100_000), DatabaseSink(engine)]
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         log = out_dir / LOG_NAME
         log.unlink(missing_ok=True)
         sinks.append(JsonlSink(log))
-    return QueryRecorder(slow_ms=DEMO_SLOW_MS, sinks=sinks, stats_interval_s=5.0).attach(
-        engine, *others
-    )
+    recorder = QueryRecorder(slow_ms=DEMO_SLOW_MS, sinks=sinks, stats_interval_s=5.0)
+    return DemoCapture(recorder.attach(engine, *others), records_before, stats_before)
 
 
 def finish_capture(
-    recorder: QueryRecorder, engine: Engine, *, out_dir: Path | None, emit: Callable[[str], None]
+    capture: DemoCapture, engine: Engine, *, out_dir: Path | None, emit: Callable[[str], None]
 ) -> CaptureDemoReport:
     """Write everything recorded, close the recorder and print the summary."""
+    recorder = capture.recorder
     stats = recorder.stats()
     records = recorder.records()
     recorder.close()
@@ -90,9 +111,9 @@ def finish_capture(
         )
         for row in stats.top(5)
     )
-    with engine.connect() as conn:
-        table_records = conn.execute(select(func.count()).select_from(query_log_table)).scalar_one()
-        table_stats = conn.execute(select(func.count()).select_from(query_stats_table)).scalar_one()
+    records_after, stats_after = _table_counts(engine)
+    table_records = records_after - capture.records_before
+    table_stats = stats_after - capture.stats_before
     log_path = out_dir / LOG_NAME if out_dir is not None else None
 
     emit(
@@ -106,8 +127,8 @@ def finish_capture(
         emit(f"{row.total_ms:>10,.1f} {row.calls:>8,} {row.p95_ms:>8.2f}  {shape}")
     where = f"{log_path} and " if log_path is not None else ""
     emit(
-        f"query log: {where}table {query_log_table.name} ({table_records:,} records, "
-        f"{table_stats:,} statistics rows)"
+        f"query log: {where}table {query_log_table.name} ({table_records:,} records and "
+        f"{table_stats:,} statistics rows from this run)"
     )
     return CaptureDemoReport(
         statements=stats.statements,

@@ -570,3 +570,11 @@ def test_route_comes_from_the_routing_session(
         routes = {r.fingerprint: r.route for r in rec.records()}
     assert routes["select ? as read_me"] == "replica"
     assert routes["create temp table sqlperf_route_t (x int)"] == "primary"
+
+
+def test_errors_sqlalchemy_expects_are_not_records(db: Db, recorder: QueryRecorder):
+    # MySQL's has_table() runs DESCRIBE and catches the error of a missing table.
+    recorder.attach(db.engine)
+    with db.engine.connect() as conn:
+        assert not db.engine.dialect.has_table(conn, "sqlperf_no_such_table")
+    assert [r for r in recorder.records() if r.kind == "error"] == []

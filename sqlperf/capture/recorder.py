@@ -667,9 +667,13 @@ class QueryRecorder:
             statement = ctx.statement
             if context is None or statement is None:
                 return
-            t0 = getattr(context, _T0, None)
-            if t0 is None and not context.execution_options.get(CAPTURE_OPTION, True):
+            options = context.execution_options
+            if options.get("skip_user_error_events") or not options.get(CAPTURE_OPTION, True):
+                # An error SQLAlchemy expects and handles itself, e.g. MySQL's has_table()
+                # running DESCRIBE on a missing table; the option is not always checked
+                # before handle_error listeners run.
                 return
+            t0 = getattr(context, _T0, None)
             ns = perf() - t0 if t0 is not None else 0
             context._sqlperf_t0 = None
             if comments:
