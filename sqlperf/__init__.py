@@ -9,6 +9,8 @@ Example::
 """
 
 from sqlperf.budget import PoolBudget, check_pool_budget
+from sqlperf.cache import LayeredBackend, MemoryBackend, QueryCache, RedisBackend, cached, no_cache
+from sqlperf.capture import QueryRecorder, read_query_log, read_query_stats
 from sqlperf.engine import PoolPlan, Workload, create_optimized_engine, plan_pool, safe_url
 from sqlperf.exceptions import (
     ConfigurationError,
@@ -33,11 +35,16 @@ __version__ = "0.1.0"
 __all__ = [
     "ConfigurationError",
     "ConsistencyToken",
+    "LayeredBackend",
+    "MemoryBackend",
     "MissingDependency",
     "PoolBudget",
     "PoolPlan",
     "PoolStatus",
     "PoolTimeout",
+    "QueryCache",
+    "QueryRecorder",
+    "RedisBackend",
     "ReplicaHealth",
     "RouteStats",
     "RoutingSession",
@@ -46,11 +53,15 @@ __all__ = [
     "WaitStats",
     "Workload",
     "__version__",
+    "cached",
     "check_pool_budget",
     "create_optimized_engine",
     "engine_role",
+    "no_cache",
     "plan_pool",
     "pool_status",
+    "read_query_log",
+    "read_query_stats",
     "replica_health",
     "routing_stats",
     "safe_url",

@@ -12,11 +12,12 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, create_engine, make_url, text
 from sqlalchemy.pool import NullPool
 
 from sqlperf import create_optimized_engine, safe_url
@@ -161,3 +162,25 @@ def table_name(engine: Engine) -> Iterator[str]:
     yield name
     with engine.begin() as conn:
         conn.execute(text(f"DROP TABLE IF EXISTS {name}"))
+
+
+@contextmanager
+def scratch_database(server_url: str) -> Iterator[str]:
+    """A database of its own on the server of ``server_url``, dropped afterwards; yields its URL.
+
+    For tests of fixed table names (sqlperf's log tables, ``alembic_version``) that must not
+    collide with anything else on the server.
+    """
+    name = f"sqlperf_t_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(server_url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"CREATE DATABASE {name}")
+        try:
+            yield make_url(server_url).set(database=name).render_as_string(hide_password=False)
+        finally:
+            force = " WITH (FORCE)" if admin.dialect.name == "postgresql" else ""
+            with admin.connect() as conn:
+                conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}{force}")
+    finally:
+        admin.dispose()

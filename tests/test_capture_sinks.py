@@ -12,9 +12,7 @@ from __future__ import annotations
 import itertools
 import json
 import threading
-import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -37,6 +35,7 @@ from sqlperf.capture.log import (
 from sqlperf.capture.records import RECORD_COLUMNS, STATS_COLUMNS, QueryRecord, StatsRow
 from sqlperf.capture.sinks import NO_CAPTURE, DatabaseSink, JsonlSink, MemorySink, Sink
 from sqlperf.migrate import upgrade
+from tests.conftest import scratch_database
 
 T0 = datetime(2025, 3, 1, 12, 30, 15, 123456, tzinfo=timezone.utc)
 #: Quotes, newlines, tabs, backslashes, non-ASCII, astral and line-separator characters.
@@ -174,23 +173,6 @@ def _assert_same(actual: pd.DataFrame, expected: pd.DataFrame) -> None:
     assert_frame_equal(actual, expected, check_exact=True)
 
 
-@contextmanager
-def _scratch_database(server_url: str) -> Iterator[str]:
-    name = f"sqlperf_t_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(server_url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f"CREATE DATABASE {name}")
-        try:
-            yield make_url(server_url).set(database=name).render_as_string(hide_password=False)
-        finally:
-            force = " WITH (FORCE)" if admin.dialect.name == "postgresql" else ""
-            with admin.connect() as conn:
-                conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}{force}")
-    finally:
-        admin.dispose()
-
-
 @pytest.fixture(params=["sqlite-file", "postgresql", "mysql"])
 def bare_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """An empty database: a SQLite file, or a scratch database on a server."""
@@ -200,7 +182,7 @@ def bare_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     server = request.getfixturevalue(
         "postgres_url" if request.param == "postgresql" else "mysql_url"
     )
-    with _scratch_database(server) as url:
+    with scratch_database(server) as url:
         yield url
 
 
@@ -670,7 +652,7 @@ def test_database_sink_without_tables_says_to_upgrade(bare_url: str) -> None:
 
 
 def test_missing_tables_message_hides_the_password(postgres_url: str) -> None:
-    with _scratch_database(postgres_url) as url:
+    with scratch_database(postgres_url) as url:
         with_password = make_url(url)
         if with_password.password is None:
             # The local test server trusts loopback connections: any password gets in.

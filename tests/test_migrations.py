@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import io
-import uuid
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from importlib.resources import files
@@ -29,7 +28,6 @@ from sqlalchemy import (
     Table,
     create_engine,
     inspect,
-    make_url,
     select,
 )
 from sqlalchemy.pool import NullPool
@@ -38,6 +36,7 @@ from sqlperf import ConfigurationError
 from sqlperf.capture.records import RECORD_COLUMNS, STATS_COLUMNS, QueryRecord, StatsRow
 from sqlperf.migrate import current, upgrade
 from sqlperf.schema import VERSION_TABLE, include_name, metadata, query_log_table
+from tests.conftest import scratch_database
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -75,19 +74,8 @@ def app_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     server_url = request.getfixturevalue(
         "postgres_url" if request.param == "postgresql" else "mysql_url"
     )
-    name = f"sqlperf_t_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(server_url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f"CREATE DATABASE {name}")
-        try:
-            yield make_url(server_url).set(database=name).render_as_string(hide_password=False)
-        finally:
-            force = " WITH (FORCE)" if admin.dialect.name == "postgresql" else ""
-            with admin.connect() as conn:
-                conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}{force}")
-    finally:
-        admin.dispose()
+    with scratch_database(server_url) as url:
+        yield url
 
 
 def _rows(url: str, sql: str) -> list[tuple[object, ...]]:

@@ -561,7 +561,8 @@ class QueryRecorder:
             hot[statement] = entry
             return entry
 
-        slow = self._slow
+        put = self._writer.put
+        pending = self._pending
         in_scope = self._in_scope
         comments = self.comments
 
@@ -636,18 +637,8 @@ class QueryRecorder:
                     counts = agg.counts
                     counts[index] = counts.get(index, 0) + 1
             if ns >= slow_ns:
-                slow(
-                    info,
-                    conn,
-                    cursor,
-                    statement,
-                    parameters,
-                    context,
-                    executemany,
-                    entry[0],
-                    ns,
-                    scope,
-                )
+                args = (info, conn, cursor, statement, parameters, context, executemany)
+                put(pending("slow", *args, entry[0], ns, scope))
             if scope is not None:
                 in_scope(
                     scope,
@@ -778,35 +769,6 @@ class QueryRecorder:
             thread=threading.current_thread().name,
             scope=scope,
             explain=self.explain and kind == "slow" and fp.is_select and not executemany,
-        )
-
-    def _slow(  # noqa: PLR0917 - the listener's arguments, passed on
-        self,
-        info: _EngineInfo,
-        conn: Connection,
-        cursor: Any,
-        statement: str,
-        parameters: Any,
-        context: Any,
-        executemany: bool,
-        fp: Fingerprint,
-        ns: int,
-        scope: Scope | None,
-    ) -> None:
-        self._writer.put(
-            self._pending(
-                "slow",
-                info,
-                conn,
-                cursor,
-                statement,
-                parameters,
-                context,
-                executemany,
-                fp,
-                ns,
-                scope,
-            )
         )
 
     def _in_scope(  # noqa: PLR0917 - the listener's arguments, passed on
