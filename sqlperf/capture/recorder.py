@@ -478,9 +478,7 @@ class QueryRecorder:
             )
             info.listeners = self._listeners(info)
             for name, fn in info.listeners:
-                event.listen(
-                    engine, name, fn, retval=name == "before_cursor_execute" and self.comments
-                )
+                event.listen(engine, name, fn, retval=name == "before_cursor_execute")
             self._engines[engine] = info
         self._writer.start()
         return self
@@ -573,10 +571,12 @@ class QueryRecorder:
             parameters: Any,
             context: Any,
             executemany: bool,
-        ) -> Any:
+        ) -> tuple[str, Any]:
+            # Registered with retval=True and returning the arguments itself: without
+            # it SQLAlchemy wraps the listener in one more Python call per statement.
             if context.execution_options.get(CAPTURE_OPTION, True):
                 context._sqlperf_t0 = perf()
-            return None
+            return statement, parameters
 
         def before_commented(  # noqa: PLR0917 - SQLAlchemy's signature
             conn: Connection,
