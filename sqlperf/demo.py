@@ -753,9 +753,12 @@ def run_demo(
         url = f"sqlite:///{tmpdir / 'demo.db'}"
     try:
         engine = create_optimized_engine(url, workload="web", application_name="sqlperf-demo")
+        log_dir = Path(out_dir) if out_dir is not None else None
+        capture = start_capture(engine, out_dir=log_dir)
         try:
             report = _run(
                 engine,
+                capture,
                 replica_url=replica_url,
                 redis_url=redis_url,
                 n_orders=orders,
@@ -764,9 +767,10 @@ def run_demo(
                 workers=workers,
                 seed=seed,
                 emit=emit,
-                out_dir=Path(out_dir) if out_dir is not None else None,
+                out_dir=log_dir,
             )
         finally:
+            capture.recorder.close()  # a second close (after finish_capture) does nothing
             engine.dispose()
     finally:
         if tmpdir is not None:
@@ -812,39 +816,7 @@ def _split(on_primary: RouteStats, replica_reads: int) -> str:
     )
 
 
-def _run(
-    engine: Engine,
-    *,
-    replica_url: str | None,
-    redis_url: str | None,
-    n_orders: int,
-    seconds: float,
-    threads: int,
-    workers: int,
-    seed: int,
-    emit: Callable[..., None],
-    out_dir: Path | None,
-) -> DemoReport:
-    capture = start_capture(engine, out_dir=out_dir)
-    try:
-        return _run_captured(
-            engine,
-            capture,
-            replica_url=replica_url,
-            redis_url=redis_url,
-            n_orders=n_orders,
-            seconds=seconds,
-            threads=threads,
-            workers=workers,
-            seed=seed,
-            emit=emit,
-            out_dir=out_dir,
-        )
-    finally:
-        capture.recorder.close()  # a second close (after finish_capture) does nothing
-
-
-def _run_captured(  # noqa: PLR0915 - the demo's one story, told in order
+def _run(  # noqa: PLR0915 - the demo's one story, told in order
     engine: Engine,
     capture: DemoCapture,
     *,

@@ -164,6 +164,17 @@ def table_name(engine: Engine) -> Iterator[str]:
         conn.execute(text(f"DROP TABLE IF EXISTS {name}"))
 
 
+@pytest.fixture(params=["sqlite-file", "postgresql", "mysql"])
+def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty database on each dialect: a SQLite file, or a scratch server database."""
+    if request.param == "sqlite-file":
+        yield f"sqlite:///{tmp_path / 'app.db'}"
+        return
+    server_url = require(request.param)
+    with scratch_database(server_url) as url:
+        yield url
+
+
 @contextmanager
 def scratch_database(server_url: str) -> Iterator[str]:
     """A database of its own on the server of ``server_url``, dropped afterwards; yields its URL.

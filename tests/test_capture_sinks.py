@@ -12,7 +12,6 @@ from __future__ import annotations
 import itertools
 import json
 import threading
-from collections.abc import Iterator
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -173,17 +172,10 @@ def _assert_same(actual: pd.DataFrame, expected: pd.DataFrame) -> None:
     assert_frame_equal(actual, expected, check_exact=True)
 
 
-@pytest.fixture(params=["sqlite-file", "postgresql", "mysql"])
-def bare_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """An empty database: a SQLite file, or a scratch database on a server."""
-    if request.param == "sqlite-file":
-        yield f"sqlite:///{tmp_path / 'app.db'}"
-        return
-    server = request.getfixturevalue(
-        "postgres_url" if request.param == "postgresql" else "mysql_url"
-    )
-    with scratch_database(server) as url:
-        yield url
+@pytest.fixture
+def bare_url(empty_url: str) -> str:
+    """An empty database on each dialect (``empty_url`` of conftest)."""
+    return empty_url
 
 
 @pytest.fixture

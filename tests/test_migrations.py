@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import io
-from collections.abc import Iterator
 from datetime import datetime, timezone
 from importlib.resources import files
 from pathlib import Path
@@ -36,7 +35,6 @@ from sqlperf import ConfigurationError
 from sqlperf.capture.records import RECORD_COLUMNS, STATS_COLUMNS, QueryRecord, StatsRow
 from sqlperf.migrate import current, upgrade
 from sqlperf.schema import VERSION_TABLE, include_name, metadata, query_log_table
-from tests.conftest import scratch_database
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -65,17 +63,10 @@ QUERY_LOG_INDEXES = {
 }
 
 
-@pytest.fixture(params=["sqlite-file", "postgresql", "mysql"])
-def app_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """An empty application database: a SQLite file, or a scratch server database."""
-    if request.param == "sqlite-file":
-        yield f"sqlite:///{tmp_path / 'app.db'}"
-        return
-    server_url = request.getfixturevalue(
-        "postgres_url" if request.param == "postgresql" else "mysql_url"
-    )
-    with scratch_database(server_url) as url:
-        yield url
+@pytest.fixture
+def app_url(empty_url: str) -> str:
+    """An empty application database on each dialect (``empty_url`` of conftest)."""
+    return empty_url
 
 
 def _rows(url: str, sql: str) -> list[tuple[object, ...]]:

@@ -823,8 +823,9 @@ class QueryRecorder:
             pending.count = repeat.count
             pending.ns = repeat.ns
             pending.explain = False
-            scope.suspects.append(self._build(pending))
-            self._writer.put(pending)
+            record = self._build(pending)
+            scope.suspects.append(record)
+            self._writer.put(record)  # already built: the writer passes it on as it is
             with self._lock:
                 agg = pending.info.aggs.get(pending.fp.id)
                 if agg is not None:

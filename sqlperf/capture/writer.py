@@ -78,7 +78,7 @@ class Writer:
         self._last_error_log: dict[int, float] = {}
 
     def put(self, item: Any) -> None:
-        """Queue one item from the application's thread; drop it if the queue is full."""
+        """Queue a pending record (or a finished ``QueryRecord``); drop it if the queue is full."""
         pending = self._pending
         if len(pending) < self.capacity:
             pending.append(item)
@@ -155,6 +155,9 @@ class Writer:
         batch: list[QueryRecord | StatsRow] = []
         while pending:
             item = pending.popleft()
+            if isinstance(item, QueryRecord):
+                batch.append(item)
+                continue
             try:
                 batch.append(self._build(item))
             except Exception:
