@@ -415,6 +415,69 @@ def test_statistics_windows_add_up_to_the_totals(sqlite_file_url: str, make_engi
         assert total.total_ms == pytest.approx(sum(w.total_ms for w in windows))
 
 
+def test_aggregates_are_exact_with_many_threads_and_concurrent_windows(
+    sqlite_file_url: str, make_engine: MakeEngine
+):
+    # Durations are appended without a lock and folded in batches: with four
+    # threads querying while windows are cut, every statement is still counted
+    # exactly once, in the totals and in exactly one window.
+    engine = make_engine(sqlite_file_url)
+    memory = MemorySink()
+    per_thread = 1001  # not a multiple of the fold size: some are still pending at the end
+    with QueryRecorder(sinks=[memory], stats_interval_s=None) as rec:
+        rec.attach(engine)
+        done = threading.Event()
+
+        def work() -> None:
+            with engine.connect() as conn:
+                for i in range(per_thread):
+                    conn.execute(text("SELECT :i"), {"i": i}).one()
+
+        def cut_windows() -> None:
+            while not done.is_set():
+                rec.flush()
+                time.sleep(0.005)
+
+        cutter = threading.Thread(target=cut_windows)
+        cutter.start()
+        threads = [threading.Thread(target=work) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        done.set()
+        cutter.join()
+        rec.flush()
+        (total,) = [r for r in rec.stats().fingerprints if r.fingerprint == "select ?"]
+        windows = [r for r in memory.stats_rows() if r.fingerprint == "select ?"]
+    assert total.calls == 4 * per_thread
+    assert len(windows) > 1
+    assert sum(w.calls for w in windows) == total.calls
+    assert sum(json.loads(total.histogram).values()) == total.calls
+    assert total.total_ms == pytest.approx(sum(w.total_ms for w in windows))
+    assert total.max_ms == pytest.approx(max(w.max_ms for w in windows))
+    assert 0 < total.p50_ms <= total.p99_ms <= total.max_ms * 1.04
+
+
+def test_rows_and_maximum_survive_folding(sqlite_file_url: str, make_engine: MakeEngine):
+    engine = make_engine(sqlite_file_url)
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE fold_t (id INTEGER PRIMARY KEY, g INTEGER, v INTEGER)"))
+        conn.execute(
+            text("INSERT INTO fold_t (id, g, v) VALUES (:id, :g, 0)"),
+            [{"id": i, "g": i % 2} for i in range(4)],
+        )
+    with QueryRecorder(stats_interval_s=None) as rec:
+        rec.attach(engine)
+        with engine.begin() as conn:
+            for i in range(300):  # more than one fold of 256
+                conn.execute(text("UPDATE fold_t SET v = v + 1 WHERE g = :g"), {"g": i % 2})
+        (row,) = [r for r in rec.stats().fingerprints if r.fingerprint.startswith("update")]
+    assert row.calls == 300
+    assert row.rows == 600  # two rows per UPDATE
+    assert row.max_ms >= row.p99_ms > 0
+
+
 def test_sampling_thins_the_aggregates_but_not_the_records(
     sqlite_file_url: str, make_engine: MakeEngine
 ):

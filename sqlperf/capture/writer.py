@@ -2,16 +2,18 @@
 
 The application's thread only appends to a deque (a few tens of nanoseconds,
 never blocking, never taking a lock): when the deque holds ``capacity`` items
-the new one is dropped and counted. One daemon thread wakes every ``poll_s``,
-turns the pending items into rows with the recorder's ``build`` function
-(parameter formatting and ``EXPLAIN`` happen here, off the query's thread), and
-hands each batch to every sink. :meth:`Writer.flush` does the same at once on
+the new one is dropped and counted. One daemon thread wakes every ``poll_s``
+(backing off to ``idle_s`` while there is nothing to do), turns the pending
+items into rows with the recorder's ``build`` function (parameter formatting and
+``EXPLAIN`` happen here, off the query's thread), and hands each batch to every
+sink. :meth:`Writer.flush` does the same at once on
 the caller's thread; a lock keeps the two from calling the sinks concurrently.
 
-The thread sleeps with ``time.sleep`` rather than waiting on an event with a
-timeout: on CPython a second thread in a timed wait measurably slowed a loop of
-trivial SQLite queries on the other thread (by 2-5% in ``bench_capture``), a
-sleeping one did not.
+Every wake-up takes the GIL from the query thread, so an idle writer sleeps
+longer and longer (doubling up to ``idle_s``): a record queued after a quiet
+spell reaches the sinks within ``idle_s``, and within ``poll_s`` while records
+keep coming. It sleeps on a lock that :meth:`Writer.close` releases, so closing
+does not wait out the sleep.
 
 A sink that raises loses that batch for itself alone: the error is counted and
 logged (at most once per sink per minute), and the other sinks still get it. A
@@ -47,7 +49,8 @@ class Writer:
         window: returns the statistics rows of the window that ends now.
         capacity: pending items held before new ones are dropped.
         stats_interval_s: how often ``window`` is called; ``None``: only on flush and close.
-        poll_s: how long the thread sleeps when there is nothing to do.
+        poll_s: how long the thread sleeps after a pass that found work.
+        idle_s: the longest it sleeps after passes that found none.
     """
 
     def __init__(
@@ -59,6 +62,7 @@ class Writer:
         capacity: int,
         stats_interval_s: float | None,
         poll_s: float = 0.05,
+        idle_s: float = 1.0,
     ) -> None:
         self.sinks = list(sinks)
         self.capacity = capacity
@@ -66,11 +70,13 @@ class Writer:
         self._window = window
         self._interval = stats_interval_s
         self._poll_s = poll_s
+        self._idle_s = max(idle_s, poll_s)
         self._pending: collections.deque[Any] = collections.deque()
         self._lock = threading.Lock()
         self._draining = threading.Lock()  # held while the sinks are being called
         self._stopping = False
         self._thread: threading.Thread | None = None
+        self._alarm: threading.Lock | None = None  # held while the thread runs; close() releases it
         self.dropped = 0
         self.written = 0
         self.sink_errors = 0
@@ -96,8 +102,10 @@ class Writer:
         with self._lock:
             if self._thread is None or not self._thread.is_alive():
                 self._stopping = False
+                alarm = self._alarm = threading.Lock()
+                alarm.acquire()
                 self._thread = threading.Thread(
-                    target=self._run, name="sqlperf-capture-writer", daemon=True
+                    target=self._run, args=(alarm,), name="sqlperf-capture-writer", daemon=True
                 )
                 self._thread.start()
 
@@ -128,21 +136,27 @@ class Writer:
         """Flush, stop the thread and close every sink."""
         with self._lock:
             self._stopping = True
-            thread = self._thread
+            thread, alarm, self._alarm = self._thread, self._alarm, None
+        if alarm is not None:
+            alarm.release()
         if thread is not None:
             thread.join(timeout)
         self.flush(timeout)
         for sink in self.sinks:
             self._call(sink, "close")
 
-    def _run(self) -> None:
+    def _run(self, alarm: threading.Lock) -> None:
         interval = self._interval
         next_window = time.monotonic() + interval if interval is not None else float("inf")
+        delay = self._poll_s
         while not self._stopping:
-            time.sleep(self._poll_s)
+            if alarm.acquire(timeout=max(0.0, min(delay, next_window - time.monotonic()))):
+                return  # close() released it: it drains on its own thread
             window = time.monotonic() >= next_window
             if not (self._pending or window):
+                delay = min(delay * 2, self._idle_s)
                 continue
+            delay = self._poll_s
             with self._draining:
                 self._drain()
                 if window:
