@@ -14,7 +14,9 @@ from sqlperf.capture import QueryRecorder, read_query_log, read_query_stats
 from sqlperf.engine import PoolPlan, Workload, create_optimized_engine, plan_pool, safe_url
 from sqlperf.exceptions import (
     ConfigurationError,
+    InvalidCursor,
     MissingDependency,
+    PaginationError,
     PoolTimeout,
     SqlperfError,
     UnsupportedDatabase,
@@ -35,9 +37,11 @@ __version__ = "0.1.0"
 __all__ = [
     "ConfigurationError",
     "ConsistencyToken",
+    "InvalidCursor",
     "LayeredBackend",
     "MemoryBackend",
     "MissingDependency",
+    "PaginationError",
     "PoolBudget",
     "PoolPlan",
     "PoolStatus",

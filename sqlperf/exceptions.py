@@ -8,6 +8,8 @@ that too, so existing ``except`` clauses keep working::
     ├── ConfigurationError (ValueError)        bad argument, URL or workload
     │   ├── MissingDependency (ImportError)    an optional extra is not installed
     │   └── UnsupportedDatabase                a URL sqlperf cannot tune
+    ├── PaginationError                        a statement keyset paging cannot handle
+    │   └── InvalidCursor (ValueError)         a malformed, tampered or foreign cursor
     └── PoolTimeout (sqlalchemy.exc.TimeoutError)
                                                no pooled connection within pool_timeout
 
@@ -21,7 +23,9 @@ import sqlalchemy.exc
 
 __all__ = [
     "ConfigurationError",
+    "InvalidCursor",
     "MissingDependency",
+    "PaginationError",
     "PoolTimeout",
     "SqlperfError",
     "UnsupportedDatabase",
@@ -55,6 +59,18 @@ class MissingDependency(ConfigurationError, ImportError):
 
 class UnsupportedDatabase(ConfigurationError):
     """The URL names a database or driver that sqlperf cannot tune."""
+
+
+class PaginationError(SqlperfError):
+    """A statement or argument keyset pagination cannot work with; the message says why."""
+
+
+class InvalidCursor(PaginationError, ValueError):
+    """A pagination cursor that is malformed, was tampered with, or was made for another ordering.
+
+    Its message is safe to show to an API client (a 400 response): it names what is
+    wrong with the cursor, never a value from it or the signing key.
+    """
 
 
 class PoolTimeout(SqlperfError, sqlalchemy.exc.TimeoutError):
