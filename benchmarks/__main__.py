@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from benchmarks import bench_cache, bench_capture, bench_engine, bench_routing
+from benchmarks import bench_cache, bench_capture, bench_engine, bench_pagination, bench_routing
 
 
 def main(argv: list[str]) -> int:
@@ -20,6 +20,7 @@ def main(argv: list[str]) -> int:
     rc |= bench_capture.main(
         ["--queries", "300", "--pg-queries", "50", "--rounds", "2"] if quick else []
     )
+    rc |= bench_pagination.main(["--rows", "60000", "--rounds", "3"] if quick else [])
     return rc
 
 

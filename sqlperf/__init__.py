@@ -21,6 +21,7 @@ from sqlperf.exceptions import (
     SqlperfError,
     UnsupportedDatabase,
 )
+from sqlperf.pagination import Page, iter_keyset, keyset_page
 from sqlperf.pool import PoolStatus, WaitStats, pool_status
 from sqlperf.routing import (
     ConsistencyToken,
@@ -41,6 +42,7 @@ __all__ = [
     "LayeredBackend",
     "MemoryBackend",
     "MissingDependency",
+    "Page",
     "PaginationError",
     "PoolBudget",
     "PoolPlan",
@@ -61,6 +63,8 @@ __all__ = [
     "check_pool_budget",
     "create_optimized_engine",
     "engine_role",
+    "iter_keyset",
+    "keyset_page",
     "no_cache",
     "plan_pool",
     "pool_status",

@@ -65,6 +65,7 @@ from sqlperf.budget import PoolBudget, check_pool_budget
 from sqlperf.capture import QueryRecorder
 from sqlperf.demo_cache import CacheDemoReport, run_cache_demo
 from sqlperf.demo_capture import CaptureDemoReport, DemoCapture, finish_capture, start_capture
+from sqlperf.demo_pages import PagesDemoReport, run_pages_demo
 from sqlperf.engine import create_optimized_engine, safe_url
 from sqlperf.exceptions import ConfigurationError, SqlperfError
 from sqlperf.pool import PoolStatus, pool_status
@@ -124,8 +125,8 @@ orders = Table(
     Column("total_cents", BigInteger, nullable=False),
     # "A customer's recent orders": equality on customer_id, then newest first.
     Index("ix_demo_orders_customer_id_created_at", "customer_id", "created_at"),
-    # Date-window reports.
-    Index("ix_demo_orders_created_at", "created_at"),
+    # Date-window reports, and keyset pages by (created_at DESC, id DESC).
+    Index("ix_demo_orders_created_at", "created_at", "id"),
 )
 
 #: Order lines, 1 to 4 per order; ``total_cents`` of an order is their sum.
@@ -206,6 +207,7 @@ class DemoReport:
         replica_reads: reads the replica served.
         total_seconds: the whole run, schema and clean-up included.
         cache: what the query-cache part measured (hit ratio, speed-up, invalidation).
+        pages: what the pagination part did (cursor round trip, OFFSET versus keyset).
         capture: what the query recorder captured over the whole run.
     """
 
@@ -235,6 +237,7 @@ class DemoReport:
     replica_reads: int
     total_seconds: float
     cache: CacheDemoReport
+    pages: PagesDemoReport
     capture: CaptureDemoReport
 
     def operation(self, name: str) -> OperationStats:
@@ -914,6 +917,8 @@ def _run(  # noqa: PLR0915 - the demo's one story, told in order
         emit=emit,
     )
     emit()
+    pages = run_pages_demo(workload.session, orders=orders, n_orders=seeded.orders, emit=emit)
+    emit()
     captured = finish_capture(capture, engine, out_dir=out_dir, emit=emit)
     if replica is not None:
         replica.dispose()
@@ -944,5 +949,6 @@ def _run(  # noqa: PLR0915 - the demo's one story, told in order
         replica_reads=replica_reads,
         total_seconds=0.0,  # likewise
         cache=cache,
+        pages=pages,
         capture=captured,
     )

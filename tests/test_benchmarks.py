@@ -74,3 +74,19 @@ def test_bench_capture_runs(postgres_url: str, tmp_path: Path):
         assert (aggregates["recorded"], aggregates["fingerprints_computed"]) == (0, 1)
         assert record_all["recorded"] == record_all["statements"]  # nothing dropped or lost
     assert all("met" in t for t in data["targets"].values())
+
+
+def test_bench_pagination_runs(postgres_url: str, tmp_path: Path):
+    from benchmarks import bench_pagination
+
+    out = tmp_path / "bench_pagination.json"
+    argv = ["--rows", "60000", "--rounds", "2", "--pg-url", postgres_url, "--out", str(out)]
+    argv += ["--sqlite-path", str(tmp_path / "pages.db")]
+    assert bench_pagination.main(argv) == 0
+    data = json.loads(out.read_text())
+    assert set(data["results"]) == {"sqlite", "postgresql"}
+    for result in data["results"].values():
+        assert set(result["ms_per_page"]) == {"1", "1000"}  # 60,000 rows: no page 10,000
+        for page in result["ms_per_page"].values():
+            assert set(page) == {"offset", "sqlperf", "sqlakeyset"}
+    assert all("met" in t for t in data["targets"].values())

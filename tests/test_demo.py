@@ -68,6 +68,11 @@ def _check_report(report: DemoReport, summary: str) -> None:
     assert cache.invalidated  # the committed write showed at once
     assert "hit ratio" in summary
     assert "invalidation: order" in summary
+    pages = report.pages
+    assert pages.round_trip_ok  # back with prev_cursor gave the pages seen going forward
+    assert pages.same_rows  # the deep page by keyset is the deep page by OFFSET
+    assert pages.pages_walked >= 1
+    assert "OFFSET" in summary
 
 
 def _check_database(url: str, report: DemoReport) -> None:

@@ -1,0 +1,214 @@
+"""Pagination benchmark: one 50-row page at depth, by OFFSET, by sqlperf and by sqlakeyset.
+
+A table of ``--rows`` orders (1,000,000 by default) with an index on
+``(created_at, id)``; the page is ordered by ``created_at DESC, id DESC`` (the
+timestamps repeat, so the id breaks ties). For page 1, 1,000 and 10,000 (scaled
+down with ``--rows``), each method fetches the same 50 rows:
+
+* **offset**: ``LIMIT 50 OFFSET (page - 1) * 50``;
+* **sqlperf**: ``keyset_page(conn, stmt, 50, after=cursor)`` with the cursor of
+  the row before the page (cursor decoding included);
+* **sqlakeyset**: ``select_page(conn, stmt, 50, after=keyset)`` with that row's
+  values.
+
+The methods run interleaved round by round on one connection; each number is the
+median of ``--rounds`` and the ratios compare numbers of the same run. The rows
+are checked to be the same for all three. The table is kept between runs (it is
+rebuilt when its row count differs).
+
+Targets (issue 6): sqlperf's deepest page costs at most 1.5x its first page, and
+sqlperf is no slower than sqlakeyset at any depth (a ratio of at most 1.0; the
+report also shows it).
+
+Run: ``python -m benchmarks.bench_pagination`` (``make bench`` runs all).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlakeyset import select_page
+from sqlalchemy import (
+    Column,
+    Connection,
+    DateTime,
+    Engine,
+    Integer,
+    MetaData,
+    Numeric,
+    Table,
+    func,
+    select,
+    text,
+)
+
+from sqlperf import create_optimized_engine
+from sqlperf.pagination import encode_cursor, keyset_page
+from sqlperf.pagination.keyset import _plan
+
+RESULTS = Path(__file__).parent / "results"
+PG = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
+PER_PAGE = 50
+DEPTHS = (1, 1000, 10000)
+
+metadata = MetaData()
+orders = Table(
+    "sqlperf_bench_pages",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("created_at", DateTime, nullable=False),
+    Column("customer_id", Integer, nullable=False),
+    Column("total", Numeric(10, 2), nullable=False),
+)
+INDEX = text(f"CREATE INDEX ix_{orders.name}_created ON {orders.name} (created_at, id)")
+STMT = select(orders).order_by(orders.c.created_at.desc(), orders.c.id.desc())
+
+
+def _fill(engine: Engine, rows: int) -> None:
+    """Create the table with ``rows`` rows (three per second of created_at), unless it is there."""
+    count = select(func.count()).select_from(orders)
+    with engine.connect() as conn:
+        if engine.dialect.has_table(conn, orders.name) and conn.execute(count).scalar() == rows:
+            return
+    metadata.drop_all(engine)
+    orders.create(engine)
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.execute(
+                text(
+                    f"INSERT INTO {orders.name} SELECT i, "
+                    "timestamp '2024-01-01' + (i / 3) * interval '1 second', i % 5000, "
+                    "(i % 10000) / 100.0 FROM generate_series(1, :n) AS i"
+                ),
+                {"n": rows},
+            )
+        else:
+            conn.execute(
+                text(
+                    f"WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < :n) "
+                    f"INSERT INTO {orders.name} SELECT i, "
+                    # SQLAlchemy's storage format for DateTime on SQLite, microseconds included
+                    "datetime('2024-01-01', '+' || (i / 3) || ' seconds') || '.000000', i % 5000, "
+                    "(i % 10000) / 100.0 FROM n"
+                ),
+                {"n": rows},
+            )
+    with engine.begin() as conn:  # the index after the rows: much faster to build
+        conn.execute(INDEX)
+        conn.execute(text(f"ANALYZE {orders.name}"))
+
+
+def _methods(conn: Connection, depth: int) -> dict[str, Callable[[], list[int]]]:
+    offset = (depth - 1) * PER_PAGE
+    if depth == 1:
+        cursor, keyset = None, None
+    else:  # the row just before the page
+        before = conn.execute(STMT.limit(1).offset(offset - 1)).one()
+        keyset = (before.created_at, before.id)
+        cursor = encode_cursor(list(keyset), ordering=_plan(conn, STMT).ordering)
+
+    def by_offset() -> list[int]:
+        return [r.id for r in conn.execute(STMT.limit(PER_PAGE).offset(offset))]
+
+    def by_sqlperf() -> list[int]:
+        return [r.id for r in keyset_page(conn, STMT, PER_PAGE, after=cursor).items]
+
+    def by_sqlakeyset() -> list[int]:
+        return [r.id for r in select_page(conn, STMT, per_page=PER_PAGE, after=keyset)]
+
+    return {"offset": by_offset, "sqlperf": by_sqlperf, "sqlakeyset": by_sqlakeyset}
+
+
+def run(url: str, *, rows: int, rounds: int) -> dict[str, Any]:
+    """Time each method at each depth on ``url``; medians in milliseconds and ratios."""
+    engine = create_optimized_engine(url)
+    try:
+        started = time.perf_counter()
+        _fill(engine, rows)
+        fill_s = time.perf_counter() - started
+        depths = [d for d in DEPTHS if (d - 1) * PER_PAGE + PER_PAGE <= rows]
+        ms: dict[str, dict[str, float]] = {}
+        with engine.connect() as conn:
+            for depth in depths:
+                methods = _methods(conn, depth)
+                results = {name: fn() for name, fn in methods.items()}  # warm-up and check
+                if len({tuple(ids) for ids in results.values()}) != 1 or not results["offset"]:
+                    raise AssertionError(f"the methods disagree at page {depth}: {results}")
+                samples: dict[str, list[float]] = {name: [] for name in methods}
+                names = list(methods)
+                for r in range(rounds):
+                    for name in names[r % 3 :] + names[: r % 3]:
+                        t0 = time.perf_counter()
+                        methods[name]()
+                        samples[name].append((time.perf_counter() - t0) * 1e3)
+                ms[str(depth)] = {name: statistics.median(v) for name, v in samples.items()}
+    finally:
+        engine.dispose()
+    first, deepest = str(depths[0]), str(depths[-1])
+    return {
+        "rows": rows,
+        "fill_s": round(fill_s, 1),
+        "ms_per_page": ms,
+        "sqlperf_deepest_over_first": ms[deepest]["sqlperf"] / ms[first]["sqlperf"],
+        "sqlperf_over_sqlakeyset": {d: v["sqlperf"] / v["sqlakeyset"] for d, v in ms.items()},
+        "offset_over_sqlperf": {d: v["offset"] / v["sqlperf"] for d, v in ms.items()},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; print a table and write the results as JSON.
+
+    Returns 0: a missed target is reported (``MISS`` and ``"met": false``), not an error.
+    """
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--rounds", type=int, default=15, help="samples per method and depth")
+    parser.add_argument("--pg-url", default=PG)
+    parser.add_argument("--no-pg", action="store_true", help="SQLite only")
+    parser.add_argument("--sqlite-path", type=Path, help="keep the SQLite table here")
+    parser.add_argument("--out", type=Path, help="JSON file (default: results/pagination-*.json)")
+    args = parser.parse_args(argv)
+
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = args.sqlite_path or Path(tmp) / "pages.db"
+        results["sqlite"] = run(f"sqlite:///{path}", rows=args.rows, rounds=args.rounds)
+    if not args.no_pg:
+        results["postgresql"] = run(args.pg_url, rows=args.rows, rounds=args.rounds)
+
+    targets: dict[str, dict[str, Any]] = {}
+    for db, result in results.items():
+        print(f"\n{db}: {result['rows']:,} rows (filled in {result['fill_s']} s), ms per page")
+        print(f"  {'page':>6} {'offset':>9} {'sqlperf':>9} {'sqlakeyset':>11}  sqlperf/sqlakeyset")
+        for depth, v in result["ms_per_page"].items():
+            ratio = result["sqlperf_over_sqlakeyset"][depth]
+            print(
+                f"  {depth:>6} {v['offset']:9.2f} {v['sqlperf']:9.2f} {v['sqlakeyset']:11.2f}"
+                f"  {ratio:.2f}x"
+            )
+        deepest = result["sqlperf_deepest_over_first"]
+        targets[f"{db} sqlperf deepest / first page"] = {"value": deepest, "target": 1.5}
+        worst = max(result["sqlperf_over_sqlakeyset"].values())
+        targets[f"{db} sqlperf / sqlakeyset, worst depth"] = {"value": worst, "target": 1.0}
+    for label, t in targets.items():
+        t["value"] = round(t["value"], 3)
+        t["met"] = t["value"] <= t["target"]
+        print(f"  {'met ' if t['met'] else 'MISS'} {label}: {t['value']} (at most {t['target']})")
+    out = args.out or RESULTS / f"pagination-{datetime.now():%Y%m%d-%H%M%S}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"results": results, "targets": targets}, indent=2))
+    print(f"\nwrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
