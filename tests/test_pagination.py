@@ -355,6 +355,12 @@ def test_tampered_truncated_and_foreign_cursors_are_invalid(orders: Shop):
                 keyset_page(s, stmt, 10, after=cursor, signing_key="secret")
         with pytest.raises(InvalidCursor, match="different ordering"):
             keyset_page(s, other, 10, after=token)
+        # NULL placement of a NOT NULL column changes nothing: the cursor still fits.
+        same = select(Order).order_by(Order.created_at.desc().nulls_last(), Order.id.desc())
+        assert (
+            keyset_page(s, same, 10, after=token).items
+            == keyset_page(s, stmt, 10, after=token).items
+        )
         with pytest.raises(ValueError, match="invalid cursor"):  # what a 400 handler catches
             keyset_page(s, stmt, 10, before=token[:5])
 

@@ -279,8 +279,10 @@ def _plan(target: Target, stmt: Select[Any]) -> _Plan:
     keys = [_key(stmt, clause, large) for clause in clauses]
     descriptions = stmt.column_descriptions
     keys += _uniqueness(stmt, descriptions, keys)
+    # What a cursor belongs to; NULL placement only where it changes the order.
     ordering = ", ".join(
-        f"{k.expr} {'DESC' if k.desc else 'ASC'} NULLS {'LAST' if k.nulls_after else 'FIRST'}"
+        f"{k.expr} {'DESC' if k.desc else 'ASC'}"
+        + (f" NULLS {'LAST' if k.nulls_after else 'FIRST'}" if k.nullable else "")
         for k in keys
     )
     entity = len(descriptions) == 1 and _is_entity(descriptions[0]["expr"])
