@@ -20,7 +20,9 @@ def main(argv: list[str]) -> int:
     rc |= bench_capture.main(
         ["--queries", "300", "--pg-queries", "50", "--rounds", "2"] if quick else []
     )
-    rc |= bench_pagination.main(["--rows", "60000", "--rounds", "3"] if quick else [])
+    rc |= bench_pagination.main(
+        ["--rows", "60000", "--rounds", "3", "--calls", "2"] if quick else []
+    )
     return rc
 
 

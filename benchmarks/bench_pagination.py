@@ -11,8 +11,11 @@ down with ``--rows``), each method fetches the same 50 rows:
 * **sqlakeyset**: ``select_page(conn, stmt, 50, after=keyset)`` with that row's
   values.
 
-The methods run interleaved round by round on one connection; each number is the
-median of ``--rounds`` and the ratios compare numbers of the same run. The rows
+Every (page, method) pair runs once per round on one connection, in an order
+that rotates from round to round, so drift affects all of them alike (OFFSET in
+rounds of its own: its deep pages thrash the CPU caches for whatever runs next);
+a sample is the mean of ``--calls`` consecutive calls, each number is the median
+of ``--rounds`` samples, and the ratios compare numbers of the same run. The rows
 are checked to be the same for all three. The table is kept between runs (it is
 rebuilt when its row count differs).
 
@@ -128,7 +131,7 @@ def _methods(conn: Connection, depth: int) -> dict[str, Callable[[], list[int]]]
     return {"offset": by_offset, "sqlperf": by_sqlperf, "sqlakeyset": by_sqlakeyset}
 
 
-def run(url: str, *, rows: int, rounds: int) -> dict[str, Any]:
+def run(url: str, *, rows: int, rounds: int, calls: int = 20) -> dict[str, Any]:
     """Time each method at each depth on ``url``; medians in milliseconds and ratios."""
     engine = create_optimized_engine(url)
     try:
@@ -138,19 +141,29 @@ def run(url: str, *, rows: int, rounds: int) -> dict[str, Any]:
         depths = [d for d in DEPTHS if (d - 1) * PER_PAGE + PER_PAGE <= rows]
         ms: dict[str, dict[str, float]] = {}
         with engine.connect() as conn:
+            fns: dict[tuple[str, str], Callable[[], list[int]]] = {}
             for depth in depths:
                 methods = _methods(conn, depth)
                 results = {name: fn() for name, fn in methods.items()}  # warm-up and check
                 if len({tuple(ids) for ids in results.values()}) != 1 or not results["offset"]:
                     raise AssertionError(f"the methods disagree at page {depth}: {results}")
-                samples: dict[str, list[float]] = {name: [] for name in methods}
-                names = list(methods)
+                fns.update({(str(depth), name): fn for name, fn in methods.items()})
+            # Each round runs every (page, method) once, in an order that rotates, so
+            # drift affects them alike; OFFSET's deep pages (tens of ms, thrashing the
+            # CPU caches) run in rounds of their own so they do not slow their neighbours.
+            samples: dict[tuple[str, str], list[float]] = {key: [] for key in fns}
+            for group in (("sqlperf", "sqlakeyset"), ("offset",)):
+                keys = [key for key in fns if key[1] in group]
                 for r in range(rounds):
-                    for name in names[r % 3 :] + names[: r % 3]:
+                    shift = r % len(keys)
+                    for key in keys[shift:] + keys[:shift]:
+                        fn = fns[key]
                         t0 = time.perf_counter()
-                        methods[name]()
-                        samples[name].append((time.perf_counter() - t0) * 1e3)
-                ms[str(depth)] = {name: statistics.median(v) for name, v in samples.items()}
+                        for _ in range(calls):
+                            fn()
+                        samples[key].append((time.perf_counter() - t0) * 1e3 / calls)
+            for (page, name), values in samples.items():
+                ms.setdefault(page, {})[name] = statistics.median(values)
     finally:
         engine.dispose()
     first, deepest = str(depths[0]), str(depths[-1])
@@ -172,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--rounds", type=int, default=15, help="samples per method and depth")
+    parser.add_argument("--calls", type=int, default=20, help="calls per sample")
     parser.add_argument("--pg-url", default=PG)
     parser.add_argument("--no-pg", action="store_true", help="SQLite only")
     parser.add_argument("--sqlite-path", type=Path, help="keep the SQLite table here")
@@ -181,9 +195,13 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         path = args.sqlite_path or Path(tmp) / "pages.db"
-        results["sqlite"] = run(f"sqlite:///{path}", rows=args.rows, rounds=args.rounds)
+        results["sqlite"] = run(
+            f"sqlite:///{path}", rows=args.rows, rounds=args.rounds, calls=args.calls
+        )
     if not args.no_pg:
-        results["postgresql"] = run(args.pg_url, rows=args.rows, rounds=args.rounds)
+        results["postgresql"] = run(
+            args.pg_url, rows=args.rows, rounds=args.rounds, calls=args.calls
+        )
 
     targets: dict[str, dict[str, Any]] = {}
     for db, result in results.items():

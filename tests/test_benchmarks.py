@@ -80,7 +80,8 @@ def test_bench_pagination_runs(postgres_url: str, tmp_path: Path):
     from benchmarks import bench_pagination
 
     out = tmp_path / "bench_pagination.json"
-    argv = ["--rows", "60000", "--rounds", "2", "--pg-url", postgres_url, "--out", str(out)]
+    argv = ["--rows", "60000", "--rounds", "2", "--calls", "2", "--pg-url", postgres_url]
+    argv += ["--out", str(out)]
     argv += ["--sqlite-path", str(tmp_path / "pages.db")]
     assert bench_pagination.main(argv) == 0
     data = json.loads(out.read_text())

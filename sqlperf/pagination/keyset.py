@@ -52,6 +52,7 @@ from sqlalchemy.engine import Dialect, Result
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import operators
 from sqlalchemy.sql.elements import (
+    ColumnClause,
     ColumnElement,
     Label,
     TextClause,
@@ -281,24 +282,25 @@ def _plan(target: Target, stmt: Select[Any]) -> _Plan:
     keys += _uniqueness(stmt, descriptions, keys)
     # What a cursor belongs to; NULL placement only where it changes the order.
     ordering = ", ".join(
-        f"{k.expr} {'DESC' if k.desc else 'ASC'}"
+        f"{_describe(k.expr)} {'DESC' if k.desc else 'ASC'}"
         + (f" NULLS {'LAST' if k.nulls_after else 'FIRST'}" if k.nullable else "")
         for k in keys
     )
-    entity = len(descriptions) == 1 and _is_entity(descriptions[0]["expr"])
+    entities = [_is_entity(d) for d in descriptions]
+    entity = entities == [True]
     if isinstance(target, Engine | Connection) and any(d.get("entity") for d in descriptions):
         raise PaginationError("an ORM statement needs a Session, not a Connection or Engine")
     width = len(descriptions)  # an ORM entity is one result column
-    source = stmt.order_by(None)
+    stmt = source = stmt.order_by(None)
     # With an ORM entity among the results, a row has fewer columns than the select list.
-    plain = not any(_is_entity(d["expr"]) for d in descriptions)
+    plain = not any(entities)
     selected = _positions(stmt, keys) if plain else None
     if selected is None:  # the key values come from columns added after the statement's own
         extra = [k.expr.label(_KEY_LABEL.format(i)) for i, k in enumerate(keys)]
         stmt = stmt.add_columns(*extra)
         selected = tuple(range(width, width + len(keys)))
     return _Plan(
-        stmt=stmt.order_by(None),
+        stmt=stmt,
         source=source,
         keys=tuple(keys),
         ordering=ordering,
@@ -325,8 +327,20 @@ def _positions(stmt: Select[Any], keys: Sequence[_Key]) -> tuple[int, ...] | Non
     return tuple(found)
 
 
-def _is_entity(expr: Any) -> bool:
-    info = inspect(expr, raiseerr=False)
+def _describe(expr: ColumnElement[Any]) -> str:
+    """``table.column`` for a column (str() would compile it), the SQL of anything else."""
+    table = getattr(expr, "table", None)
+    name = getattr(table, "name", None)
+    if isinstance(expr, Column | ColumnClause) and isinstance(name, str):
+        return f"{name}.{expr.name}"
+    return str(expr)
+
+
+def _is_entity(description: dict[str, Any]) -> bool:
+    """Whether a ``column_descriptions`` entry is a whole ORM entity (one result column)."""
+    if description.get("entity") is None:  # a Core column: no inspection needed
+        return False
+    info = inspect(description["expr"], raiseerr=False)
     return bool(getattr(info, "is_mapper", False) or getattr(info, "is_aliased_class", False))
 
 
