@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
 
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
@@ -60,3 +64,26 @@ def run_threads(op: Callable[[int], object], threads: int, seconds: float) -> tu
     if errors:
         raise errors[0]
     return sum(counts) / (time.perf_counter() - started), sum(counts)
+
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def report_targets(
+    name: str, results: dict[str, Any], targets: dict[str, tuple[float, float]], out: Path | None
+) -> Path:
+    """Judge each ``label: (value, at most)`` target, print it, write results and targets as JSON.
+
+    Returns the JSON file: ``out``, or ``results/<name>-<timestamp>.json``.
+    """
+    judged = {
+        label: {"value": round(value, 3), "target": limit, "met": value <= limit}
+        for label, (value, limit) in targets.items()
+    }
+    for label, t in judged.items():
+        print(f"  {'met ' if t['met'] else 'MISS'} {label}: {t['value']} (at most {t['target']})")
+    path = out or RESULTS / f"{name}-{datetime.now():%Y%m%d-%H%M%S}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"results": results, "targets": judged}, indent=2))
+    print(f"\nwrote {path}")
+    return path

@@ -29,13 +29,11 @@ Run: ``python -m benchmarks.bench_pagination`` (``make bench`` runs all).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Callable
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -54,11 +52,11 @@ from sqlalchemy import (
     text,
 )
 
+from benchmarks._common import report_targets
 from sqlperf import create_optimized_engine
 from sqlperf.pagination import encode_cursor, keyset_page
 from sqlperf.pagination.keyset import _plan
 
-RESULTS = Path(__file__).parent / "results"
 PG = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
 PER_PAGE = 50
 DEPTHS = (1, 1000, 10000)
@@ -203,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
             args.pg_url, rows=args.rows, rounds=args.rounds, calls=args.calls
         )
 
-    targets: dict[str, dict[str, Any]] = {}
+    targets: dict[str, tuple[float, float]] = {}
     for db, result in results.items():
         print(f"\n{db}: {result['rows']:,} rows (filled in {result['fill_s']} s), ms per page")
         print(f"  {'page':>6} {'offset':>9} {'sqlperf':>9} {'sqlakeyset':>11}  sqlperf/sqlakeyset")
@@ -214,17 +212,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"  {ratio:.2f}x"
             )
         deepest = result["sqlperf_deepest_over_first"]
-        targets[f"{db} sqlperf deepest / first page"] = {"value": deepest, "target": 1.5}
+        targets[f"{db} sqlperf deepest / first page"] = (deepest, 1.5)
         worst = max(result["sqlperf_over_sqlakeyset"].values())
-        targets[f"{db} sqlperf / sqlakeyset, worst depth"] = {"value": worst, "target": 1.0}
-    for label, t in targets.items():
-        t["value"] = round(t["value"], 3)
-        t["met"] = t["value"] <= t["target"]
-        print(f"  {'met ' if t['met'] else 'MISS'} {label}: {t['value']} (at most {t['target']})")
-    out = args.out or RESULTS / f"pagination-{datetime.now():%Y%m%d-%H%M%S}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"results": results, "targets": targets}, indent=2))
-    print(f"\nwrote {out}")
+        targets[f"{db} sqlperf / sqlakeyset, worst depth"] = (worst, 1.0)
+    report_targets("pagination", results, targets, args.out)
     return 0
 
 

@@ -38,6 +38,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, rela
 from sqlperf import InvalidCursor, PaginationError, RoutingSession, engine_role
 from sqlperf.cache import MemoryBackend, QueryCache, cached
 from sqlperf.pagination import Page, iter_keyset, keyset_page
+from tests.keyset_walks import backward_pages, forward_pages
 
 MakeEngine = Callable[..., Engine]
 
@@ -47,21 +48,12 @@ def _suffix() -> str:
 
 
 def walk_forward(target: Any, stmt: Any, per_page: int, **kw: Any) -> list[Any]:
-    page = keyset_page(target, stmt, per_page, **kw)
-    items = list(page.items)
-    while page.has_next:
-        page = keyset_page(target, stmt, per_page, after=page.next_cursor, **kw)
-        items += page.items
-    return items
+    return [item for page in forward_pages(target, stmt, per_page, **kw) for item in page.items]
 
 
 def walk_backward(target: Any, stmt: Any, per_page: int, **kw: Any) -> list[Any]:
-    page = keyset_page(target, stmt, per_page, last=True, **kw)
-    items = list(page.items)
-    while page.has_prev:
-        page = keyset_page(target, stmt, per_page, before=page.prev_cursor, **kw)
-        items = list(page.items) + items
-    return items
+    pages = reversed(backward_pages(target, stmt, per_page, **kw))
+    return [item for page in pages for item in page.items]
 
 
 @pytest.fixture

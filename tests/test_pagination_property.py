@@ -39,8 +39,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session, registry
 
-from sqlperf.pagination import Page, iter_keyset, keyset_page
+from sqlperf.pagination import iter_keyset, keyset_page
 from tests.conftest import require
+from tests.keyset_walks import backward_pages, forward_pages
 
 MakeEngine = Callable[..., Engine]
 Row = dict[str, Any]
@@ -189,28 +190,11 @@ def ids_of(items: Sequence[Any]) -> list[int]:
     return [item.id for item in items]
 
 
-def walk_forward(target: Target, stmt: Any, per_page: int) -> list[Page[Any]]:
-    pages = [keyset_page(target, stmt, per_page)]
-    while pages[-1].has_next:
-        assert len(pages) <= MAX_ROWS * 20, "the forward walk does not end"
-        pages.append(keyset_page(target, stmt, per_page, after=pages[-1].next_cursor))
-    return pages
-
-
-def walk_backward(target: Target, stmt: Any, per_page: int) -> list[Page[Any]]:
-    """The pages from the last to the first (each page's items in forward order)."""
-    pages = [keyset_page(target, stmt, per_page, last=True)]
-    while pages[-1].has_prev:
-        assert len(pages) <= MAX_ROWS * 20, "the backward walk does not end"
-        pages.append(keyset_page(target, stmt, per_page, before=pages[-1].prev_cursor))
-    return pages
-
-
 def check_walks(
     target: Target, stmt: Any, per_page: int, batch_size: int, expected: list[int]
 ) -> None:
     """Forward, backward and ``iter_keyset`` all give ``expected``; the cursors link up."""
-    forward = walk_forward(target, stmt, per_page)
+    forward = forward_pages(target, stmt, per_page)
     assert [i for p in forward for i in ids_of(p.items)] == expected, "forward walk"
     assert not forward[0].has_prev
     assert forward[0].prev_cursor is None
@@ -224,7 +208,7 @@ def check_walks(
         assert back.has_next
         assert back.has_prev == earlier.has_prev
 
-    backward = walk_backward(target, stmt, per_page)
+    backward = backward_pages(target, stmt, per_page)
     assert [i for p in reversed(backward) for i in ids_of(p.items)] == expected, "backward walk"
     assert not backward[0].has_next
     assert backward[0].next_cursor is None
@@ -360,10 +344,10 @@ def test_five_hundred_rows(db: Db):
     assert sorted(expected) == list(range(1, 501))
     stmt = select(db.table).order_by(*order_by(lambda name: db.table.c[name], keys))
     with db.engine.connect() as conn:
-        forward = walk_forward(conn, stmt, 50)
+        forward = forward_pages(conn, stmt, 50)
         assert [len(p.items) for p in forward] == [50] * 10
         assert [i for p in forward for i in ids_of(p.items)] == expected
-        backward = walk_backward(conn, stmt, 50)
+        backward = backward_pages(conn, stmt, 50)
         assert [len(p.items) for p in backward] == [50] * 10
         assert [i for p in reversed(backward) for i in ids_of(p.items)] == expected
         assert ids_of(list(iter_keyset(conn, stmt, batch_size=64))) == expected
@@ -396,8 +380,8 @@ def test_pages_never_use_offset(db: Db, keys: list[Key]):
         conn.exec_driver_sql("SELECT 1")  # the connection's set-up is done before capturing
         event.listen(db.engine, "before_cursor_execute", capture)
         try:
-            forward = walk_forward(conn, stmt, 25)
-            backward = walk_backward(conn, stmt, 25)
+            forward = forward_pages(conn, stmt, 25)
+            backward = backward_pages(conn, stmt, 25)
             streamed = ids_of(list(iter_keyset(conn, stmt, batch_size=30)))
         finally:
             event.remove(db.engine, "before_cursor_execute", capture)
