@@ -37,7 +37,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, rela
 
 from sqlperf import InvalidCursor, PaginationError, RoutingSession, engine_role
 from sqlperf.cache import MemoryBackend, QueryCache, cached
-from sqlperf.pagination import Page, iter_keyset, keyset_page
+from sqlperf.pagination import Page, encode_cursor, iter_keyset, keyset_page
 from tests.keyset_walks import backward_pages, forward_pages
 
 MakeEngine = Callable[..., Engine]
@@ -347,6 +347,13 @@ def test_tampered_truncated_and_foreign_cursors_are_invalid(orders: Shop):
                 keyset_page(s, stmt, 10, after=cursor, signing_key="secret")
         with pytest.raises(InvalidCursor, match="different ordering"):
             keyset_page(s, other, 10, after=token)
+        # An unsigned cursor can be forged; values that do not fit the columns are refused.
+        plan_ordering = "kp_order.created_at DESC, kp_order.id DESC"
+        for forged in (["not a time", 5], [dt.datetime(2024, 1, 1), "5"], [None, 5], [True, 1]):
+            ordering = plan_ordering.replace("kp_order", Order.__tablename__)
+            cursor = encode_cursor(forged, ordering=ordering)
+            with pytest.raises(InvalidCursor, match="a value"):
+                keyset_page(s, stmt, 10, after=cursor)
         # NULL placement of a NOT NULL column changes nothing: the cursor still fits.
         same = select(Order).order_by(Order.created_at.desc().nulls_last(), Order.id.desc())
         assert (

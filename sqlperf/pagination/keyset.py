@@ -62,7 +62,7 @@ from sqlalchemy.sql.elements import (
 )
 from sqlalchemy.sql.schema import Column, Table
 
-from sqlperf.exceptions import PaginationError
+from sqlperf.exceptions import InvalidCursor, PaginationError
 from sqlperf.pagination.cursor import decode_cursor, encode_cursor
 
 __all__ = ["Page", "Totals", "iter_keyset", "keyset_page"]
@@ -189,9 +189,7 @@ def keyset_page(
     cursor = after if after is not None else before
     bound = None
     if cursor is not None:
-        bound = decode_cursor(cursor, ordering=plan.ordering, key=signing_key)
-        if len(bound) != len(plan.keys):
-            raise PaginationError("invalid cursor: made for a different ordering")
+        bound = _check_values(plan, decode_cursor(cursor, ordering=plan.ordering, key=signing_key))
     items, keys, more = _fetch(target, plan, bound, reverse=reverse, limit=per_page)
 
     def token(values: Sequence[Any] | None) -> str | None:
@@ -216,6 +214,24 @@ def keyset_page(
         total=count,
         total_is_estimate=estimate,
     )
+
+
+def _check_values(plan: _Plan, values: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Refuse cursor values that do not fit the ordering's columns (a forged unsigned cursor)."""
+    if len(values) != len(plan.keys):
+        raise InvalidCursor("invalid cursor: made for a different ordering")
+    for k, value in zip(plan.keys, values, strict=True):
+        if value is None:
+            if not k.nullable:
+                raise InvalidCursor("invalid cursor: a value is missing")
+            continue
+        try:
+            expected = k.expr.type.python_type
+        except NotImplementedError:  # a type that does not say: the database will
+            continue
+        if not isinstance(value, expected) or (isinstance(value, bool) and expected is not bool):
+            raise InvalidCursor("invalid cursor: a value of the wrong type")
+    return values
 
 
 def iter_keyset(target: Target, stmt: Select[Any], batch_size: int = 1000) -> Iterator[Any]:
