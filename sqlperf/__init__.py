@@ -9,6 +9,7 @@ Example::
 """
 
 from sqlperf.budget import PoolBudget, check_pool_budget
+from sqlperf.bulk import BulkResult, bulk_insert
 from sqlperf.cache import LayeredBackend, MemoryBackend, QueryCache, RedisBackend, cached, no_cache
 from sqlperf.capture import QueryRecorder, read_query_log, read_query_stats
 from sqlperf.engine import PoolPlan, Workload, create_optimized_engine, plan_pool, safe_url
@@ -36,6 +37,7 @@ from sqlperf.routing import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "BulkResult",
     "ConfigurationError",
     "ConsistencyToken",
     "InvalidCursor",
@@ -59,6 +61,7 @@ __all__ = [
     "WaitStats",
     "Workload",
     "__version__",
+    "bulk_insert",
     "cached",
     "check_pool_budget",
     "create_optimized_engine",

@@ -11,7 +11,7 @@
 from sqlperf.cache.backends import CacheBackend, Lookup, MemoryBackend, RedisBackend
 from sqlperf.cache.layered import LayeredBackend
 from sqlperf.cache.options import CacheDirective, CacheOption, cached, no_cache
-from sqlperf.cache.query_cache import CacheStats, QueryCache, cache_outcome
+from sqlperf.cache.query_cache import CacheStats, QueryCache, attached_cache, cache_outcome
 
 __all__ = [
     "CacheBackend",
@@ -23,6 +23,7 @@ __all__ = [
     "MemoryBackend",
     "QueryCache",
     "RedisBackend",
+    "attached_cache",
     "cache_outcome",
     "cached",
     "no_cache",

@@ -70,7 +70,7 @@ from sqlperf.cache.replay import ReplayCursor
 from sqlperf.exceptions import ConfigurationError
 from sqlperf.routing import engine_role
 
-__all__ = ["CacheStats", "QueryCache", "cache_outcome"]
+__all__ = ["CacheStats", "QueryCache", "attached_cache", "cache_outcome"]
 
 logger = logging.getLogger("sqlperf.cache")
 
@@ -80,6 +80,13 @@ _OUTCOME_ATTR = "_sqlperf_cache_outcome"
 _OWNER_ATTR = "_sqlperf_query_cache"
 _SNAPSHOT_LEVELS = frozenset({"REPEATABLE READ", "SERIALIZABLE"})
 _DEFAULT = CacheDirective()
+
+
+def attached_cache(engine: Engine) -> QueryCache | None:
+    """The :class:`QueryCache` attached to ``engine``, or ``None``."""
+    owner = engine.__dict__.get(_OWNER_ATTR)
+    cache: QueryCache | None = owner() if owner is not None else None
+    return cache
 
 
 def cache_outcome(context: Any) -> str | None:
@@ -378,6 +385,12 @@ class QueryCache:
         self._orm.uninstall(target)
 
     # -- invalidation ---------------------------------------------------------------------
+
+    def note_written(self, conn: Connection, tables: Iterable[str]) -> None:
+        """Record that ``tables`` were written on ``conn`` by a path the cache cannot see
+        (``COPY``, a raw DB-API cursor): they are invalidated when ``conn``'s transaction
+        commits, exactly like the tables of the statements the cache watches."""
+        self._note_written(conn, sorted(set(tables)))
 
     def invalidate(self, tables: Iterable[str]) -> None:
         """Invalidate every entry that read ``tables``, now (for writes sqlperf cannot
