@@ -99,13 +99,8 @@ def _no_op(engine: Engine) -> Iterator[dict[str, Any]]:
     ) -> None:
         pass
 
-    event.listen(engine, "before_cursor_execute", before, retval=True)
-    event.listen(engine, "after_cursor_execute", after)
-    try:
+    with _listening(engine, before, after, retval=True):
         yield {}
-    finally:
-        event.remove(engine, "before_cursor_execute", before)
-        event.remove(engine, "after_cursor_execute", after)
 
 
 @contextmanager
@@ -122,10 +117,19 @@ def _list_append(engine: Engine) -> Iterator[dict[str, Any]]:
     ) -> None:
         log.append((statement, params, context._bench_t0, time.perf_counter()))
 
-    event.listen(engine, "before_cursor_execute", before)
+    with _listening(engine, before, after, retval=False):
+        yield {"queries": len(log)}
+
+
+@contextmanager
+def _listening(
+    engine: Engine, before: Callable[..., Any], after: Callable[..., Any], *, retval: bool
+) -> Iterator[None]:
+    """``before``/``after`` on the engine's cursor events while the block runs."""
+    event.listen(engine, "before_cursor_execute", before, retval=retval)
     event.listen(engine, "after_cursor_execute", after)
     try:
-        yield {"queries": len(log)}
+        yield
     finally:
         event.remove(engine, "before_cursor_execute", before)
         event.remove(engine, "after_cursor_execute", after)

@@ -64,16 +64,14 @@ def test_an_idle_writer_still_delivers_without_flush() -> None:
 
 def test_close_does_not_wait_out_a_long_idle_sleep() -> None:
     sink = ListSink()
-    writer = _writer(sink, stats_interval_s=None, poll_s=0.01, idle_s=60.0)
+    writer = _writer(sink, stats_interval_s=None, poll_s=60.0, idle_s=60.0)
     before = set(threading.enumerate())
     writer.start()
     (thread,) = set(threading.enumerate()) - before
-    time.sleep(0.3)  # asleep for far longer than the test runs
+    time.sleep(0.3)  # in its first 60 s sleep
     writer.put("queued")
-    started = time.monotonic()
-    writer.close()
-    assert time.monotonic() - started < 30.0  # it would have taken up to 60 s
-    assert not thread.is_alive()
+    writer.close(timeout=10.0)
+    assert not thread.is_alive()  # asleep for 60 s, it would outlive the 10 s join
     assert sink.items == ["queued"]  # close() drained it on its own thread
     assert sink.closed
 
@@ -86,7 +84,7 @@ def test_statistics_windows_keep_their_interval_while_idle() -> None:
         calls.append(time.monotonic())
         return []
 
-    writer = _writer(sink, windows=window, stats_interval_s=0.1, poll_s=0.01, idle_s=30.0)
+    writer = _writer(sink, windows=window, stats_interval_s=0.1, poll_s=30.0, idle_s=30.0)
     writer.start()
     try:
         # With a 30 s idle sleep and no cap at the next window, one window would take 30 s.

@@ -177,14 +177,15 @@ def _writer(  # noqa: PLR0917 - the one place the paths are told apart
     compiled = insert(table).compile(dialect=dialect, column_keys=list(columns))
     processors = [table.c[c].type._cached_bind_processor(dialect) for c in columns]
     convert = _converter(processors)
-    names = {bind.key: name for bind, name in compiled.bind_names.items()}
+    key_of = {name: bind.key for bind, name in compiled.bind_names.items()}
     if dialect.positional:
-        order = [columns.index(_key_of(compiled, name)) for name in compiled.positiontup or ()]
+        order = [columns.index(key_of[name]) for name in compiled.positiontup or ()]
 
         def params_of(rows: Sequence[Any]) -> list[Any]:
             return [tuple(row[i] for i in order) for row in map(convert, rows)]
     else:
-        keys = [names[c] for c in columns]
+        name_of = {key: name for name, key in key_of.items()}
+        keys = [name_of[c] for c in columns]
 
         def params_of(rows: Sequence[Any]) -> list[Any]:
             return [dict(zip(keys, row, strict=True)) for row in map(convert, rows)]
@@ -196,11 +197,6 @@ def _writer(  # noqa: PLR0917 - the one place the paths are told apart
         return len(batch)
 
     return executemany
-
-
-def _key_of(compiled: Any, name: str) -> str:
-    """The column key of the bind parameter ``name`` of a compiled INSERT."""
-    return str(compiled.binds[name].key)
 
 
 def _converter(
