@@ -9,7 +9,7 @@ Example::
 """
 
 from sqlperf.budget import PoolBudget, check_pool_budget
-from sqlperf.bulk import BulkResult, bulk_insert
+from sqlperf.bulk import BulkResult, bulk_delete, bulk_insert, bulk_update, bulk_upsert
 from sqlperf.cache import LayeredBackend, MemoryBackend, QueryCache, RedisBackend, cached, no_cache
 from sqlperf.capture import QueryRecorder, read_query_log, read_query_stats
 from sqlperf.engine import PoolPlan, Workload, create_optimized_engine, plan_pool, safe_url
@@ -61,7 +61,10 @@ __all__ = [
     "WaitStats",
     "Workload",
     "__version__",
+    "bulk_delete",
     "bulk_insert",
+    "bulk_update",
+    "bulk_upsert",
     "cached",
     "check_pool_budget",
     "create_optimized_engine",

@@ -2,23 +2,11 @@
 
 from __future__ import annotations
 
-import datetime as dt
-import uuid
 from collections.abc import Callable, Iterator
-from decimal import Decimal
-from typing import Any
 
 import pytest
 from sqlalchemy import (
-    JSON,
-    Column,
-    DateTime,
     Engine,
-    Integer,
-    MetaData,
-    Numeric,
-    String,
-    Table,
     event,
     func,
     select,
@@ -29,49 +17,9 @@ from sqlalchemy.orm import Session
 from sqlperf import ConfigurationError
 from sqlperf.bulk import BulkResult, bulk_insert
 from sqlperf.cache import MemoryBackend, QueryCache, cached
+from tests.bulk_db import Db
 
 MakeEngine = Callable[..., Engine]
-UTC = dt.timezone.utc
-
-
-class Db:
-    """An engine and an empty table of its own, dropped afterwards."""
-
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self.tz = engine.dialect.name == "postgresql"  # the only one of the three keeping zones
-        self.metadata = MetaData()
-        self.table = Table(
-            f"sqlperf_bulk_{uuid.uuid4().hex[:10]}",
-            self.metadata,
-            Column("id", Integer, primary_key=True, autoincrement=False),
-            Column("name", String(100)),
-            Column("at", DateTime(timezone=self.tz)),
-            Column("amount", Numeric(12, 4)),
-            Column("doc", JSON),
-        )
-        self.metadata.create_all(engine)
-
-    def rows(self, n: int, start: int = 1) -> list[dict[str, Any]]:
-        tz = UTC if self.tz else None
-        return [
-            {
-                "id": i,
-                "name": None if i % 7 == 0 else f"name {i} ü€😀\t\"'\\N",
-                "at": None if i % 5 == 0 else dt.datetime(2024, 5, 6, 7, 8, i % 60, tzinfo=tz),
-                "amount": None if i % 3 == 0 else Decimal(i) / 8,
-                "doc": None if i % 4 == 0 else {"i": i, "tags": ["a", "ü"], "nested": {"x": None}},
-            }
-            for i in range(start, start + n)
-        ]
-
-    def read(self) -> list[dict[str, Any]]:
-        with self.engine.connect() as conn:
-            return [dict(r._mapping) for r in conn.execute(select(self.table).order_by("id"))]
-
-    def count(self) -> int:
-        with self.engine.connect() as conn:
-            return int(conn.execute(select(func.count()).select_from(self.table)).scalar_one())
 
 
 @pytest.fixture
@@ -191,3 +139,14 @@ def test_bad_rows_are_refused_before_anything_is_written(db: Db):
     empty = bulk_insert(db.engine, db.table, [])
     assert isinstance(empty, BulkResult)
     assert empty.rows == 0
+
+
+def test_json_none_is_stored_as_sqlalchemy_stores_it(db: Db):
+    """None in a JSON column is JSON ``null`` (not SQL NULL) on every path, as with insert()."""
+    with db.engine.begin() as conn:
+        conn.execute(db.table.insert(), [{"id": 1000, "doc": None}])
+    for n, method in enumerate(_methods(db)):
+        bulk_insert(db.engine, db.table, [{"id": n + 1, "doc": None}], method=method)  # type: ignore[arg-type]
+    sql_null = select(func.count()).select_from(db.table).where(db.table.c.doc.is_(None))
+    with db.engine.connect() as conn:
+        assert conn.execute(sql_null).scalar_one() == 0

@@ -24,17 +24,51 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
+from sqlperf.bulk.progress import ProgressBar, progress_bar
 from sqlperf.exceptions import ConfigurationError
 
-__all__ = ["BulkResult", "Target", "run_batches"]
+__all__ = ["BulkResult", "Counts", "Target", "run_batches"]
 
 Target = Engine | Connection | Session
-#: Writes one batch on a connection; returns the rows it wrote.
-WriteBatch = Callable[[Connection, Sequence[Any]], int]
 
 # SQLSTATE of a deadlock and a serialization failure (PostgreSQL), MySQL's error numbers.
 _RETRY_SQLSTATES = frozenset({"40P01", "40001"})
 _RETRY_MYSQL = frozenset({1213, 1205})
+
+
+@dataclass(frozen=True, slots=True)
+class Counts:
+    """What a batch did: the rows it sent, and what the database says became of them.
+
+    A count is ``None`` when the operation does not do that (``deleted`` of an
+    insert) or the database cannot tell; a sum with ``None`` is ``None``.
+    """
+
+    rows: int
+    inserted: int | None = None
+    updated: int | None = None
+    unchanged: int | None = None
+    deleted: int | None = None
+
+    def __add__(self, other: Counts) -> Counts:
+        return Counts(
+            self.rows + other.rows,
+            _plus(self.inserted, other.inserted),
+            _plus(self.updated, other.updated),
+            _plus(self.unchanged, other.unchanged),
+            _plus(self.deleted, other.deleted),
+        )
+
+
+#: Nothing yet: the start of a sum.
+_ZERO = Counts(0, 0, 0, 0, 0)
+
+#: Writes one batch on a connection.
+WriteBatch = Callable[[Connection, Sequence[Any]], Counts]
+
+
+def _plus(a: int | None, b: int | None) -> int | None:
+    return None if a is None or b is None else a + b
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -42,15 +76,24 @@ class BulkResult:
     """What a bulk operation did.
 
     Attributes:
-        rows: rows written (in atomic mode: by the committed transaction, or inside
-            the caller's transaction, which the caller still commits).
+        rows: input rows written (in atomic mode: by the committed transaction, or
+            inside the caller's transaction, which the caller still commits); for
+            ``bulk_delete``, the keys sent.
         batches: batches written, the failed one included.
         elapsed: seconds, validation included.
         committed_batches: batches committed (atomic mode: all of them, or 0 on error).
         failed_batch: the 0-based index of the batch that failed, else ``None``.
         error: that batch's database error, else ``None``.
-        method: how the rows went: ``"copy"``, ``"executemany"`` or ``"values"``.
+        method: how the rows went, e.g. ``"copy"``, ``"executemany"``, ``"staged"``.
         returned: rows of ``returning=``, in input order.
+        inserted: rows the database inserted.
+        updated: rows it changed.
+        unchanged: rows it left as they were (an upsert's conflicting rows with
+            nothing to update or, with ``only_changed=True``, equal values).
+        deleted: rows it deleted.
+
+    Each count is ``None`` when the operation does not do that or the database
+    cannot tell (see each operation for what it reports where).
     """
 
     rows: int
@@ -61,6 +104,10 @@ class BulkResult:
     error: BaseException | None = None
     method: str = ""
     returned: list[Any] = field(default_factory=list)
+    inserted: int | None = None
+    updated: int | None = None
+    unchanged: int | None = None
+    deleted: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -77,8 +124,13 @@ def run_batches(
     retries: int = 3,
     method: str,
     started: float,
+    progress: bool | None = None,
+    desc: str = "",
 ) -> BulkResult:
-    """Write ``batches`` with ``write`` on ``target``, atomically or ``commit_every`` batches."""
+    """Write ``batches`` with ``write`` on ``target``, atomically or ``commit_every`` batches.
+
+    ``progress``/``desc``: the progress bar (see :mod:`sqlperf.bulk.progress`).
+    """
     if commit_every is not None:
         if commit_every < 1:
             raise ConfigurationError(f"commit_every must be at least 1, not {commit_every!r}")
@@ -89,33 +141,86 @@ def run_batches(
                 "commit_every needs an Engine or a Connection outside a transaction: "
                 "sqlperf commits each batch itself"
             )
-        return _per_batch(target, batches, write, commit_every, retries, method, started)
-    rows = 0
-    if isinstance(target, Session):
-        _begin_sqlite(target.connection())
-        with target.begin_nested():
-            conn = target.connection()
-            rows = sum(write(conn, batch) for batch in batches)
-    elif isinstance(target, Connection) and target.in_transaction():
-        _begin_sqlite(target)
-        with target.begin_nested():
-            rows = sum(write(target, batch) for batch in batches)
-    elif isinstance(target, Connection):
-        with target.begin():
-            rows = sum(write(target, batch) for batch in batches)
-    elif isinstance(target, Engine):
-        with target.begin() as conn:
-            rows = sum(write(conn, batch) for batch in batches)
-    else:
+    elif not isinstance(target, Engine | Connection | Session):
         raise ConfigurationError(
             f"bulk operations need an Engine, Connection or Session, not {type(target).__name__}"
         )
+    bar = progress_bar(progress, total=sum(map(len, batches)), desc=desc)
+    try:
+        if commit_every is not None:
+            return _per_batch(
+                target,  # type: ignore[arg-type]  # Session refused above
+                batches,
+                write,
+                commit_every,
+                retries,
+                method,
+                started,
+                bar,
+            )
+        counts = _atomic(target, batches, _counted(write, bar))
+    finally:
+        if bar is not None:
+            bar.close()
+    return _result(counts, len(batches), len(batches), method, started)
+
+
+def _atomic(target: Target, batches: Sequence[Sequence[Any]], write: WriteBatch) -> Counts:
+    if isinstance(target, Session):
+        _begin_sqlite(target.connection())
+        with target.begin_nested():
+            return _sum(target.connection(), batches, write)
+    if isinstance(target, Connection) and target.in_transaction():
+        _begin_sqlite(target)
+        with target.begin_nested():
+            return _sum(target, batches, write)
+    if isinstance(target, Connection):
+        with target.begin():
+            return _sum(target, batches, write)
+    with target.begin() as conn:
+        return _sum(conn, batches, write)
+
+
+def _sum(conn: Connection, batches: Sequence[Sequence[Any]], write: WriteBatch) -> Counts:
+    counts = _ZERO
+    for batch in batches:
+        counts += write(conn, batch)
+    return counts
+
+
+def _counted(write: WriteBatch, bar: ProgressBar | None) -> WriteBatch:
+    if bar is None:
+        return write
+
+    def counted(conn: Connection, batch: Sequence[Any]) -> Counts:
+        counts = write(conn, batch)
+        bar.update(len(batch))
+        return counts
+
+    return counted
+
+
+def _result(  # noqa: PLR0917 - private, one shape for both modes
+    counts: Counts,
+    batches: int,
+    committed: int,
+    method: str,
+    started: float,
+    failed: int | None = None,
+    error: BaseException | None = None,
+) -> BulkResult:
     return BulkResult(
-        rows=rows,
-        batches=len(batches),
+        rows=counts.rows,
+        batches=batches,
         elapsed=time.perf_counter() - started,
-        committed_batches=len(batches),
+        committed_batches=committed,
+        failed_batch=failed,
+        error=error,
         method=method,
+        inserted=counts.inserted,
+        updated=counts.updated,
+        unchanged=counts.unchanged,
+        deleted=counts.deleted,
     )
 
 
@@ -127,14 +232,16 @@ def _per_batch(  # noqa: PLR0917 - one call site, arguments passed straight on
     retries: int,
     method: str,
     started: float,
+    bar: ProgressBar | None,
 ) -> BulkResult:
     conn = target.connect() if isinstance(target, Engine) else target
-    rows = committed = 0
+    counts = _ZERO
+    committed = 0
     try:
         for first in range(0, len(batches), every):
             group = batches[first : first + every]
             for attempt in range(retries + 1):
-                written: list[int] = []
+                written: list[Counts] = []
                 try:
                     with conn.begin():
                         for batch in group:
@@ -145,27 +252,16 @@ def _per_batch(  # noqa: PLR0917 - one call site, arguments passed straight on
                         time.sleep(0.05 * 2**attempt)
                         continue
                     failed = first + len(written)
-                    return BulkResult(
-                        rows=rows,
-                        batches=failed + 1,
-                        elapsed=time.perf_counter() - started,
-                        committed_batches=committed,
-                        failed_batch=failed,
-                        error=exc,
-                        method=method,
-                    )
-            rows += sum(written)
+                    return _result(counts, failed + 1, committed, method, started, failed, exc)
+            for batch_counts in written:
+                counts += batch_counts
             committed += len(group)
+            if bar is not None:  # after the commit: a retried group counts once
+                bar.update(sum(map(len, group)))
     finally:
         if isinstance(target, Engine):
             conn.close()
-    return BulkResult(
-        rows=rows,
-        batches=len(batches),
-        elapsed=time.perf_counter() - started,
-        committed_batches=committed,
-        method=method,
-    )
+    return _result(counts, len(batches), committed, method, started)
 
 
 def _begin_sqlite(conn: Connection) -> None:

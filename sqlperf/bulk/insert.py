@@ -18,19 +18,17 @@ The paths (``method=``):
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from typing import Any, Literal
 
-from sqlalchemy import Connection, Engine, Table, insert
+from sqlalchemy import Connection, Table, insert
 from sqlalchemy.engine import Dialect
-from sqlalchemy.exc import DBAPIError
-from sqlalchemy.orm import Session
 
-from sqlperf.bulk.batches import BulkResult, Target, run_batches
-from sqlperf.bulk.copy import copy_sql, encode_copy
+from sqlperf.bulk.batches import BulkResult, Counts, Target, WriteBatch, run_batches
+from sqlperf.bulk.checks import bind_of
+from sqlperf.bulk.driver import copy_rows, executemany_writer, note_written
 from sqlperf.bulk.rows import prepare_rows, resolve_table
-from sqlperf.cache.query_cache import attached_cache
 from sqlperf.exceptions import ConfigurationError
 
 __all__ = ["InsertMethod", "bulk_insert"]
@@ -82,7 +80,7 @@ def bulk_insert(
     started = time.perf_counter()
     table = resolve_table(table_or_model)
     prepared = prepare_rows(table, rows)
-    dialect = _bind(target).dialect
+    dialect = bind_of(target).dialect
     chosen = _choose(method, dialect.name, dialect.driver, returning)
     size = batch_size if batch_size is not None else _DEFAULT_BATCH[chosen]
     if size < 1:
@@ -101,17 +99,6 @@ def bulk_insert(
         target, batches, write, commit_every=commit_every, method=chosen, started=started
     )
     return replace(result, returned=returned) if returned else result
-
-
-def _bind(target: Target) -> Engine | Connection:
-    if isinstance(target, Session):
-        # A write: a RoutingSession rightly routes it to the primary.
-        return target.get_bind()
-    if isinstance(target, Engine | Connection):
-        return target
-    raise ConfigurationError(
-        f"bulk operations need an Engine, Connection or Session, not {type(target).__name__}"
-    )
 
 
 def _choose(method: str, dialect: str, driver: str, returning: Sequence[str] | None) -> str:
@@ -140,25 +127,13 @@ def _writer(  # noqa: PLR0917 - the one place the paths are told apart
     dialect: Dialect,
     returning: Sequence[str] | None,
     returned: list[Any],
-) -> Callable[[Connection, Sequence[Any]], int]:
+) -> WriteBatch:
     if method == "copy":
-        sql = copy_sql(table, columns)
-        types = [table.c[c].type for c in columns]
 
-        def copy(conn: Connection, batch: Sequence[Any]) -> int:
-            data = encode_copy(batch, types, names=columns)
-            cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-            base = conn.dialect.loaded_dbapi.Error
-            try:
-                cursor.copy_expert(sql, data)
-            except base as err:  # raised as SQLAlchemy raises any driver error
-                raise DBAPIError.instance(sql, None, err, base, dialect=conn.dialect) from err
-            finally:
-                cursor.close()
-            cache = attached_cache(conn.engine)
-            if cache is not None:  # COPY passes no SQLAlchemy event: say it
-                cache.note_written(conn, [table.name])
-            return len(batch)
+        def copy(conn: Connection, batch: Sequence[Any]) -> Counts:
+            copy_rows(conn, table, columns, batch)
+            note_written(conn, table)  # COPY passes no SQLAlchemy event: say it
+            return Counts(len(batch), inserted=len(batch))
 
         return copy
     if method == "values":
@@ -166,52 +141,18 @@ def _writer(  # noqa: PLR0917 - the one place the paths are told apart
         if returning is not None:
             stmt = stmt.returning(*(table.c[c] for c in returning), sort_by_parameter_order=True)
 
-        def values(conn: Connection, batch: Sequence[Any]) -> int:
+        def values(conn: Connection, batch: Sequence[Any]) -> Counts:
             params = [dict(zip(columns, row, strict=True)) for row in batch]
             result = conn.execute(stmt, params)
             if returning is not None:
                 returned.extend(result.all())
-            return len(batch)
+            return Counts(len(batch), inserted=len(batch))
 
         return values
-    compiled = insert(table).compile(dialect=dialect, column_keys=list(columns))
-    processors = [table.c[c].type._cached_bind_processor(dialect) for c in columns]
-    convert = _converter(processors)
-    key_of = {name: bind.key for bind, name in compiled.bind_names.items()}
-    if dialect.positional:
-        order = [columns.index(key_of[name]) for name in compiled.positiontup or ()]
+    send = executemany_writer(insert(table), table, columns, dialect)
 
-        def params_of(rows: Sequence[Any]) -> list[Any]:
-            return [tuple(row[i] for i in order) for row in map(convert, rows)]
-    else:
-        name_of = {key: name for name, key in key_of.items()}
-        keys = [name_of[c] for c in columns]
-
-        def params_of(rows: Sequence[Any]) -> list[Any]:
-            return [dict(zip(keys, row, strict=True)) for row in map(convert, rows)]
-
-    sql = compiled.string
-
-    def executemany(conn: Connection, batch: Sequence[Any]) -> int:
-        conn.exec_driver_sql(sql, params_of(batch))
-        return len(batch)
+    def executemany(conn: Connection, batch: Sequence[Any]) -> Counts:
+        send(conn, batch)
+        return Counts(len(batch), inserted=len(batch))
 
     return executemany
-
-
-def _converter(
-    processors: Sequence[Callable[[Any], Any] | None],
-) -> Callable[[Sequence[Any]], Sequence[Any]]:
-    """Apply each column's bind processor (None: the driver takes the value as it is)."""
-    active = [(i, p) for i, p in enumerate(processors) if p is not None]
-    if not active:
-        return lambda row: row
-
-    def convert(row: Sequence[Any]) -> Sequence[Any]:
-        out = list(row)
-        for i, processor in active:
-            if out[i] is not None:
-                out[i] = processor(out[i])
-        return out
-
-    return convert
