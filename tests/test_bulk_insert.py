@@ -24,14 +24,17 @@ MakeEngine = Callable[..., Engine]
 
 @pytest.fixture
 def db(any_url: str, make_engine: MakeEngine) -> Iterator[Db]:
-    database = Db(make_engine(any_url))
+    # MariaDB: a connection that may LOAD DATA LOCAL, so "auto" takes that path.
+    options = {"connect_args": {"local_infile": True}} if any_url.startswith("mysql") else {}
+    database = Db(make_engine(any_url, **options))
     yield database
     database.metadata.drop_all(database.engine)
 
 
 def _methods(db: Db) -> list[str]:
     methods = ["auto", "executemany", "values"]
-    return [*methods, "copy"] if db.engine.dialect.name == "postgresql" else methods
+    extra = {"postgresql": ["copy"], "mysql": ["load_data"]}
+    return methods + extra.get(db.engine.dialect.name, [])
 
 
 def test_every_path_writes_every_value_exactly(db: Db):
@@ -49,8 +52,19 @@ def test_every_path_writes_every_value_exactly(db: Db):
 
 def test_auto_takes_the_fastest_path(db: Db):
     result = bulk_insert(db.engine, db.table, db.rows(3))
-    fastest = {"postgresql": "copy", "sqlite": "executemany", "mysql": "executemany"}
+    fastest = {"postgresql": "copy", "sqlite": "executemany", "mysql": "load_data"}
     assert result.method == fastest[db.engine.dialect.name]
+
+
+def test_mysql_without_local_infile_uses_executemany(mysql_url: str, make_engine: MakeEngine):
+    db = Db(make_engine(mysql_url))  # local_infile is off unless the engine asks for it
+    try:
+        assert bulk_insert(db.engine, db.table, db.rows(3)).method == "executemany"
+        with pytest.raises(ConfigurationError, match="local_infile"):
+            bulk_insert(db.engine, db.table, db.rows(3, start=4), method="load_data")
+        assert db.read() == db.rows(3)
+    finally:
+        db.metadata.drop_all(db.engine)
 
 
 def test_tuples_and_dataframes(db: Db):

@@ -51,6 +51,8 @@ def test_result_key_depends_on_sql_parameters_and_database():
         ('UPDATE "orders" SET x = 1', ("orders",)),
         ("DELETE FROM shop.items WHERE id = 1", ("shop.items", "items")),
         ("TRUNCATE TABLE orders", ("orders",)),
+        ("LOAD DATA LOCAL INFILE '/tmp/a b.tsv' INTO TABLE `orders` (id, x)", ("orders",)),
+        ("load data infile 'f' replace into table shop.items", ("shop.items", "items")),
         ("UPDATE users SET a = 1;", ("users",)),
         ("UPDATE users SET a = 1 FROM orders WHERE orders.user_id = users.id", ("users",)),
         ("UPDATE orders o JOIN users u ON u.id = o.user_id SET u.name = 'x'", (ALL_TABLES,)),

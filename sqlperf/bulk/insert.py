@@ -4,6 +4,9 @@ The paths (``method=``):
 
 * ``"copy"``: PostgreSQL with psycopg2, ``COPY ... FROM STDIN`` in text format
   (values escaped by :mod:`sqlperf.bulk.copy`, never pasted into SQL);
+* ``"load_data"``: MySQL/MariaDB with PyMySQL, ``LOAD DATA LOCAL INFILE`` from a
+  temporary file (:mod:`sqlperf.bulk.load_data`), where the connection was opened
+  with ``connect_args={"local_infile": True}`` and the server allows it;
 * ``"executemany"``: the statement compiled once and the DB-API ``executemany``
   called with plain tuples, each column's bind processor applied by sqlperf:
   SQLite's fastest path, and PyMySQL's (which sends multi-row ``VALUES`` itself,
@@ -11,8 +14,9 @@ The paths (``method=``):
 * ``"values"``: SQLAlchemy Core ``insert()`` with a list of rows (insertmanyvalues
   where the dialect has it); the path for ``returning=``.
 
-``"auto"`` picks ``copy`` on PostgreSQL/psycopg2 and ``executemany`` elsewhere, and
-``values`` when ``returning=`` is given.
+``"auto"`` picks ``copy`` on PostgreSQL/psycopg2, ``load_data`` on MySQL where
+client and server allow it, ``executemany`` elsewhere, and ``values`` when
+``returning=`` is given.
 """
 
 from __future__ import annotations
@@ -24,18 +28,20 @@ from typing import Any, Literal
 
 from sqlalchemy import Connection, Table, insert
 from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import Session
 
 from sqlperf.bulk.batches import BulkResult, Counts, Target, WriteBatch, run_batches
 from sqlperf.bulk.checks import bind_of
 from sqlperf.bulk.driver import copy_rows, executemany_writer, note_written
+from sqlperf.bulk.load_data import load_data, local_infile_enabled
 from sqlperf.bulk.rows import prepare_rows, resolve_table
 from sqlperf.exceptions import ConfigurationError
 
 __all__ = ["InsertMethod", "bulk_insert"]
 
-InsertMethod = Literal["auto", "copy", "executemany", "values"]
+InsertMethod = Literal["auto", "copy", "load_data", "executemany", "values"]
 
-_DEFAULT_BATCH = {"copy": 50_000, "executemany": 10_000, "values": 5_000}
+_DEFAULT_BATCH = {"copy": 50_000, "load_data": 50_000, "executemany": 10_000, "values": 5_000}
 
 
 def bulk_insert(
@@ -58,7 +64,8 @@ def bulk_insert(
         rows: dicts, tuples (in table column order) or a pandas DataFrame (NaN and
             NaT become NULL, numpy values become Python ones).
         batch_size: rows per batch (default 50,000 for COPY, 10,000 otherwise).
-        method: ``"auto"``, ``"copy"``, ``"executemany"`` or ``"values"`` (see the module).
+        method: ``"auto"``, ``"copy"``, ``"load_data"``, ``"executemany"`` or ``"values"``
+            (see the module).
         returning: column keys to return for each inserted row (``BulkResult.returned``).
         commit_every: commit every this many batches instead of once (see
             :mod:`sqlperf.bulk.batches`); a failed batch is reported, not raised.
@@ -82,6 +89,8 @@ def bulk_insert(
     prepared = prepare_rows(table, rows)
     dialect = bind_of(target).dialect
     chosen = _choose(method, dialect.name, dialect.driver, returning)
+    if method == "auto" and chosen == "executemany" and dialect.name in ("mysql", "mariadb"):
+        chosen = "load_data" if _local_infile(target) else chosen
     size = batch_size if batch_size is not None else _DEFAULT_BATCH[chosen]
     if size < 1:
         raise ConfigurationError(f"batch_size must be at least 1, not {size!r}")
@@ -101,15 +110,29 @@ def bulk_insert(
     return replace(result, returned=returned) if returned else result
 
 
+def _local_infile(target: Target) -> bool:
+    """Whether LOAD DATA LOCAL works on ``target``'s connections (asked once per connection)."""
+    if isinstance(target, Session):
+        return local_infile_enabled(target.connection())
+    if isinstance(target, Connection):
+        return local_infile_enabled(target)
+    with target.connect() as conn:
+        return local_infile_enabled(conn)
+
+
 def _choose(method: str, dialect: str, driver: str, returning: Sequence[str] | None) -> str:
-    if method not in ("auto", "copy", "executemany", "values"):
+    if method not in ("auto", "copy", "load_data", "executemany", "values"):
         raise ConfigurationError(
-            f"method must be 'auto', 'copy', 'executemany' or 'values', not {method!r}"
+            f"method must be 'auto', 'copy', 'load_data', 'executemany' or 'values', not {method!r}"
         )
     copy_ok = dialect == "postgresql" and driver == "psycopg2"
     if method == "copy" and not copy_ok:
         raise ConfigurationError(
             f"method='copy' needs PostgreSQL with psycopg2, not {dialect}+{driver}"
+        )
+    if method == "load_data" and (dialect not in ("mysql", "mariadb") or driver != "pymysql"):
+        raise ConfigurationError(
+            f"method='load_data' needs MySQL or MariaDB with PyMySQL, not {dialect}+{driver}"
         )
     if returning is not None:
         if method not in ("auto", "values"):
@@ -136,6 +159,13 @@ def _writer(  # noqa: PLR0917 - the one place the paths are told apart
             return Counts(len(batch), inserted=len(batch))
 
         return copy
+    if method == "load_data":
+
+        def load(conn: Connection, batch: Sequence[Any]) -> Counts:
+            load_data(conn, table, columns, batch)  # the cache sees LOAD DATA INTO TABLE
+            return Counts(len(batch), inserted=len(batch))
+
+        return load
     if method == "values":
         stmt = insert(table)
         if returning is not None:

@@ -85,7 +85,10 @@ def _tables_in(stmt: ClauseElement) -> tuple[str, ...]:
 
 _DML = re.compile(
     r"^\s*(?:WITH\b.*?\)\s*)?(?:INSERT\s+(?:IGNORE\s+)?INTO|REPLACE\s+INTO|UPDATE|DELETE\s+FROM|"
-    r"MERGE\s+INTO|TRUNCATE(?:\s+TABLE)?)\s+((?:ONLY\s+)?[\w.\"`\[\]]+)",
+    r"MERGE\s+INTO|TRUNCATE(?:\s+TABLE)?|"
+    # MySQL's LOAD DATA [LOCAL] INFILE 'file' [REPLACE|IGNORE] INTO TABLE t
+    r"LOAD\s+DATA\s+(?:LOW_PRIORITY\s+|CONCURRENT\s+)?(?:LOCAL\s+)?INFILE\s+'[^']*'\s+"
+    r"(?:REPLACE\s+|IGNORE\s+)?INTO\s+TABLE)\s+((?:ONLY\s+)?[\w.\"`\[\]]+)",
     re.I | re.S,
 )
 _READ = re.compile(r"^\s*\(*\s*(SELECT|SHOW|EXPLAIN|VALUES|PRAGMA|DESCRIBE)\b", re.I)
