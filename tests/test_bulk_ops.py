@@ -21,7 +21,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from sqlperf import ConfigurationError
@@ -443,3 +443,28 @@ def test_progress_true_without_tqdm_names_the_extra(db: Db, monkeypatch: pytest.
     bulk_insert(db.engine, db.table, db.rows(2))  # no progress asked: fine without tqdm
     with pytest.raises(ConfigurationError, match=r"sqlperf\[progress\]"):
         bulk_delete(db.engine, db.table, [1], progress=True)
+
+
+def test_mysql_drops_its_staging_table_after_a_failure(mysql_url: str, make_engine: MakeEngine):
+    """MySQL temporary tables outlive a rollback: sqlperf drops them itself."""
+    db = Db(make_engine(mysql_url))
+    staged: list[str] = []
+
+    def seen(*args: Any) -> None:
+        if args[2].startswith("INSERT INTO sqlperf_stage_"):
+            staged.append(args[2].split()[2])
+
+    try:
+        bulk_insert(db.engine, db.table, db.rows(5))
+        event.listen(db.engine, "before_cursor_execute", seen)
+        bad = _changed(db.rows(5))
+        bad[-1]["amount"] = -1
+        with db.engine.connect() as conn:
+            with pytest.raises(CHECK_FAILED):
+                bulk_update(conn, db.table, bad)
+            conn.rollback()
+            assert len(staged) == 1
+            with pytest.raises(DBAPIError, match="doesn't exist"):
+                conn.execute(text(f"SELECT 1 FROM {staged[0]}"))
+    finally:
+        db.metadata.drop_all(db.engine)

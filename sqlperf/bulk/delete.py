@@ -159,9 +159,8 @@ def _staged(table: Table, columns: list[str]) -> WriteBatch:
             # A DELETE naming another table renders as DELETE ... USING on PostgreSQL.
             stmt = delete(table).where(and_(*(table.c[c] == stage.table.c[c] for c in columns)))
         rows = batch if len(columns) > 1 else [(key,) for key in batch]
-        stage.fill(conn, rows, columns)
-        deleted = conn.execute(stmt).rowcount
-        stage.drop(conn)
+        with stage.holding(conn, rows, columns):
+            deleted = conn.execute(stmt).rowcount
         note_written(conn, table)
         return Counts(len(batch), deleted=deleted)
 

@@ -150,19 +150,16 @@ def _staged(
         if stage is None:
             stage = Stage(table, columns, conn)
             stmt = _staged_statement(table, stage.table, key, values, only_changed, postgres)
-        stage.fill(conn, batch, key)
-        result = conn.execute(stmt)
-        if postgres:
-            updated, matched = result.one()
-            counts = Counts(len(batch), updated=updated, unchanged=matched - updated)
-        else:
-            info = mysql_info(conn)
-            matched, updated = info.get("Rows matched"), info.get("Changed")
-            if matched is None or updated is None:
-                counts = Counts(len(batch), updated=None, unchanged=None)
+        with stage.holding(conn, batch, key):
+            if postgres:
+                updated, matched = conn.execute(stmt).one()
             else:
-                counts = Counts(len(batch), updated=updated, unchanged=matched - updated)
-        stage.drop(conn)
+                conn.execute(stmt)
+                info = mysql_info(conn)  # "Rows matched: 3  Changed: 2  Warnings: 0"
+                matched, updated = info.get("Rows matched"), info.get("Changed")
+        counts = Counts(len(batch), updated=updated, unchanged=None)
+        if matched is not None and updated is not None:
+            counts = Counts(len(batch), updated=updated, unchanged=matched - updated)
         note_written(conn, table)  # PostgreSQL: the cache cannot see through the WITH
         return counts
 

@@ -201,9 +201,8 @@ def _staged(
             counted = select(func.count().filter(written.c.inserted), func.count()).select_from(
                 written
             )
-        stage.fill(conn, batch, conflict)
-        inserted, affected = conn.execute(counted).one()
-        stage.drop(conn)
+        with stage.holding(conn, batch, conflict):
+            inserted, affected = conn.execute(counted).one()
         note_written(conn, table)  # the cache cannot see through the WITH
         return _pg_counts(len(batch), inserted, affected)
 
