@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 from sqlperf.bulk.progress import ProgressBar, progress_bar
 from sqlperf.exceptions import ConfigurationError
 
-__all__ = ["BulkResult", "Counts", "Target", "run_batches"]
+__all__ = ["BulkResult", "Counts", "Target", "no_rows", "run_batches", "split_batches"]
 
 Target = Engine | Connection | Session
 
@@ -113,6 +113,21 @@ class BulkResult:
     def ok(self) -> bool:
         """True when no batch failed."""
         return self.error is None
+
+
+def split_batches(
+    values: Sequence[Any], batch_size: int | None, default: int
+) -> list[Sequence[Any]]:
+    """``values`` cut into batches of ``batch_size`` (``default`` when None)."""
+    size = batch_size if batch_size is not None else default
+    if size < 1:
+        raise ConfigurationError(f"batch_size must be at least 1, not {size!r}")
+    return [values[i : i + size] for i in range(0, len(values), size)]
+
+
+def no_rows(method: str) -> BulkResult:
+    """The result of an operation given no rows: nothing sent, nothing to commit."""
+    return BulkResult(rows=0, batches=0, elapsed=0.0, committed_batches=0, method=method)
 
 
 def run_batches(

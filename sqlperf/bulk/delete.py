@@ -19,7 +19,15 @@ from typing import Any, Literal
 
 from sqlalchemy import Connection, Table, and_, bindparam, delete, tuple_
 
-from sqlperf.bulk.batches import BulkResult, Counts, Target, WriteBatch, run_batches
+from sqlperf.bulk.batches import (
+    BulkResult,
+    Counts,
+    Target,
+    WriteBatch,
+    no_rows,
+    run_batches,
+    split_batches,
+)
 from sqlperf.bulk.checks import bind_of, choose_method, key_columns
 from sqlperf.bulk.driver import note_written, param_limit
 from sqlperf.bulk.rows import prepare_rows, resolve_table
@@ -80,12 +88,9 @@ def bulk_delete(
     columns = key_columns(table, key)
     values = _key_values(table, columns, keys)
     chosen = choose_method(method, bind_of(target).dialect, _METHODS, "bulk_delete")
-    size = batch_size if batch_size is not None else _DEFAULT_BATCH[chosen]
-    if size < 1:
-        raise ConfigurationError(f"batch_size must be at least 1, not {size!r}")
-    batches = [values[i : i + size] for i in range(0, len(values), size)]
+    batches = split_batches(values, batch_size, _DEFAULT_BATCH[chosen])
     if not batches:
-        return BulkResult(rows=0, batches=0, elapsed=0.0, committed_batches=0, method=chosen)
+        return no_rows(chosen)
     write = _staged(table, columns) if chosen == "staged" else _in_lists(table, columns)
     return run_batches(
         target,

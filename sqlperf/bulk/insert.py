@@ -30,7 +30,15 @@ from sqlalchemy import Connection, Table, insert
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Session
 
-from sqlperf.bulk.batches import BulkResult, Counts, Target, WriteBatch, run_batches
+from sqlperf.bulk.batches import (
+    BulkResult,
+    Counts,
+    Target,
+    WriteBatch,
+    no_rows,
+    run_batches,
+    split_batches,
+)
 from sqlperf.bulk.checks import bind_of
 from sqlperf.bulk.driver import copy_rows, executemany_writer, note_written
 from sqlperf.bulk.load_data import load_data, local_infile_enabled
@@ -91,17 +99,14 @@ def bulk_insert(
     chosen = _choose(method, dialect.name, dialect.driver, returning)
     if method == "auto" and chosen == "executemany" and dialect.name in ("mysql", "mariadb"):
         chosen = "load_data" if _local_infile(target) else chosen
-    size = batch_size if batch_size is not None else _DEFAULT_BATCH[chosen]
-    if size < 1:
-        raise ConfigurationError(f"batch_size must be at least 1, not {size!r}")
     if returning is not None:
         unknown = [c for c in returning if c not in table.c]
         if unknown:
             raise ConfigurationError(f"returning names no column of {table.name}: {unknown}")
     values = prepared.values
-    batches = [values[i : i + size] for i in range(0, len(values), size)]
+    batches = split_batches(values, batch_size, _DEFAULT_BATCH[chosen])
     if not batches:
-        return BulkResult(rows=0, batches=0, elapsed=0.0, committed_batches=0, method=chosen)
+        return no_rows(chosen)
     returned: list[Any] = []
     write = _writer(chosen, table, prepared.columns, dialect, returning, returned)
     result = run_batches(

@@ -35,7 +35,15 @@ from sqlalchemy import (
     update,
 )
 
-from sqlperf.bulk.batches import BulkResult, Counts, Target, WriteBatch, run_batches
+from sqlperf.bulk.batches import (
+    BulkResult,
+    Counts,
+    Target,
+    WriteBatch,
+    no_rows,
+    run_batches,
+    split_batches,
+)
 from sqlperf.bulk.checks import bind_of, check_unique, choose_method, key_columns, update_columns
 from sqlperf.bulk.compare import changed
 from sqlperf.bulk.driver import executemany_writer, mysql_info, note_written
@@ -112,12 +120,9 @@ def bulk_update(
             f"the rows have only the key ({', '.join(keys)}): give them the columns to set"
         )
     check_unique(prepared, keys, "key")
-    size = batch_size if batch_size is not None else _DEFAULT_BATCH[chosen]
-    if size < 1:
-        raise ConfigurationError(f"batch_size must be at least 1, not {size!r}")
-    batches = [prepared.values[i : i + size] for i in range(0, len(prepared.values), size)]
+    batches = split_batches(prepared.values, batch_size, _DEFAULT_BATCH[chosen])
     if not batches:
-        return BulkResult(rows=0, batches=0, elapsed=0.0, committed_batches=0, method=chosen)
+        return no_rows(chosen)
     if chosen == "staged":
         write = _staged(table, columns, keys, values, only_changed)
     else:

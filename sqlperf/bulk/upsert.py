@@ -30,7 +30,15 @@ from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.sql.elements import ColumnElement
 
-from sqlperf.bulk.batches import BulkResult, Counts, Target, WriteBatch, run_batches
+from sqlperf.bulk.batches import (
+    BulkResult,
+    Counts,
+    Target,
+    WriteBatch,
+    no_rows,
+    run_batches,
+    split_batches,
+)
 from sqlperf.bulk.checks import bind_of, check_unique, choose_method, update_columns
 from sqlperf.bulk.compare import changed
 from sqlperf.bulk.driver import executemany_writer, mysql_info, note_written
@@ -114,13 +122,10 @@ def bulk_upsert(
     updated = update_columns(table, columns, conflict, update)
     if updated:
         check_unique(prepared, conflict, "conflict key")
-    size = batch_size if batch_size is not None else _DEFAULT_BATCH[chosen]
-    if size < 1:
-        raise ConfigurationError(f"batch_size must be at least 1, not {size!r}")
     values = prepared.values
-    batches = [values[i : i + size] for i in range(0, len(values), size)]
+    batches = split_batches(values, batch_size, _DEFAULT_BATCH[chosen])
     if not batches:
-        return BulkResult(rows=0, batches=0, elapsed=0.0, committed_batches=0, method=chosen)
+        return no_rows(chosen)
     write = _writer(chosen, table, columns, conflict, updated, only_changed)
     return run_batches(
         target,
