@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import sys
 
-from benchmarks import bench_cache, bench_capture, bench_engine, bench_pagination, bench_routing
+from benchmarks import (
+    bench_bulk,
+    bench_cache,
+    bench_capture,
+    bench_engine,
+    bench_pagination,
+    bench_routing,
+)
 
 
 def main(argv: list[str]) -> int:
@@ -23,6 +30,7 @@ def main(argv: list[str]) -> int:
     rc |= bench_pagination.main(
         ["--rows", "60000", "--rounds", "3", "--calls", "2"] if quick else []
     )
+    rc |= bench_bulk.main(["--rows", "5000", "--rounds", "1"] if quick else [])
     return rc
 
 

@@ -91,3 +91,37 @@ def test_bench_pagination_runs(postgres_url: str, tmp_path: Path):
         for page in result["ms_per_page"].values():
             assert set(page) == {"offset", "sqlperf", "sqlakeyset"}
     assert all("met" in t for t in data["targets"].values())
+
+
+def test_bench_bulk_runs(postgres_url: str, mysql_url: str, tmp_path: Path):
+    from benchmarks import bench_bulk
+
+    out = tmp_path / "bench_bulk.json"
+    argv = ["--rows", "2000", "--rounds", "1", "--pg-url", postgres_url, "--mysql-url", mysql_url]
+    argv += ["--sqlite-path", str(tmp_path / "bulk.db"), "--out", str(out)]
+    assert bench_bulk.main(argv) == 0
+    data = json.loads(out.read_text())
+    assert set(data["results"]) == {"sqlite", "postgresql", "mysql"}
+    ids = range(1, 2001)
+    sum_qty = {  # what each operation leaves in the table (qty is i % 1000, +7 when changed)
+        "insert": sum(i % 1000 for i in ids),
+        "upsert": sum(i % 1000 + 7 * (i % 2) for i in ids),  # the odd ids were there
+        "update": sum(i % 1000 + 7 for i in ids),
+    }
+    for db, result in data["results"].items():
+        ops = result["operations"]
+        assert set(ops) == set(bench_bulk.VARIANTS)  # 2,000 rows: no separate upsert_2000
+        for name, variants in bench_bulk.VARIANTS.items():
+            op = ops[name]
+            expected = [v for v in variants if v != "raw_load_data" or db == "mysql"]
+            assert set(op["seconds"]) == set(expected), (db, name)
+            assert not op["not_run"]
+            for variant in expected:
+                assert op["seconds"][variant] > 0, (db, name, variant)
+                # the benchmark checks the table after every run and raises when it differs
+                after = op["table_after"][variant]
+                assert after == op["expected_table"][variant], (db, name, variant)
+                assert (after["rows"], after["sum_qty"]) == (2000, sum_qty[name])
+        assert ops["insert"]["info"]["sqlperf"]["method"]
+        assert ops["upsert"]["info"]["core_on_conflict"]["parameter_sets"] == 2000
+    assert all("met" in t for t in data["targets"].values())

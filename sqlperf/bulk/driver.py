@@ -11,9 +11,12 @@ from __future__ import annotations
 import re
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
+from operator import methodcaller
 from typing import Any, cast
 
 from sqlalchemy import Connection, CursorResult, Table
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -87,12 +90,16 @@ def executemany_writer(
         order = [index[column_of[name]] for name in compiled.positiontup or ()]
 
         def params_of(rows: Sequence[Sequence[Any]]) -> list[Any]:
-            return [tuple(row[i] for i in order) for row in map(convert, rows)]
+            values = convert(rows)
+            return list(zip(*(values[i] for i in order), strict=True))
     else:
-        pairs = [(name, index[column]) for name, column in column_of.items()]
+        names = list(column_of)
+        at = [index[column_of[name]] for name in names]
 
         def params_of(rows: Sequence[Sequence[Any]]) -> list[Any]:
-            return [{n: row[i] for n, i in pairs} for row in map(convert, rows)]
+            values = convert(rows)
+            rows_out = zip(*(values[i] for i in at), strict=True)
+            return [dict(zip(names, row, strict=True)) for row in rows_out]
 
     sql = compiled.string
 
@@ -104,25 +111,64 @@ def executemany_writer(
 
 def _converter(
     types: Sequence[TypeEngine[Any]], dialect: Dialect
-) -> Callable[[Sequence[Any]], Sequence[Any]]:
-    """Apply each column's bind processor as SQLAlchemy would: to None too where the type
-    says so (``JSON`` turns it into JSON ``null`` unless ``none_as_null=True``)."""
+) -> Callable[[Sequence[Sequence[Any]]], list[Sequence[Any]]]:
+    """Rows to columns, each through its column's bind processor as SQLAlchemy would
+    apply it: to None too where the type says so (``JSON`` turns it into JSON ``null``
+    unless ``none_as_null=True``). Column by column: one loop per processed column
+    rather than per value, and the transposition is ``zip``'s."""
     active = [
-        (i, processor, bool(t.should_evaluate_none))
+        (i, processor, bool(t.should_evaluate_none), _sqlite_naive_datetime(t, dialect))
         for i, t in enumerate(types)
         if (processor := t._cached_bind_processor(dialect)) is not None
     ]
-    if not active:
-        return lambda row: row
 
-    def convert(row: Sequence[Any]) -> Sequence[Any]:
-        out = list(row)
-        for i, processor, evaluate_none in active:
-            if out[i] is not None or evaluate_none:
-                out[i] = processor(out[i])
-        return out
+    def convert(rows: Sequence[Sequence[Any]]) -> list[Sequence[Any]]:
+        # The rows all have the same length (prepare_rows): no strict= check.
+        columns: list[Sequence[Any]] = list(zip(*rows))  # noqa: B905
+        for i, processor, evaluate_none, isoformat in active:
+            done = _isoformat(columns[i]) if isoformat else None
+            if done is not None:
+                columns[i] = done
+            elif evaluate_none:
+                columns[i] = list(map(processor, columns[i]))
+            else:
+                columns[i] = [None if v is None else processor(v) for v in columns[i]]
+        return columns
 
     return convert
+
+
+#: ``datetime.isoformat(" ", "microseconds")``, called from C.
+_ISOFORMAT = methodcaller("isoformat", " ", "microseconds")
+#: The length of that text for a naive datetime of years 1000 to 9999.
+_NAIVE_LENGTH = len("2024-01-01 00:00:00.000000")
+
+
+def _sqlite_naive_datetime(type_: TypeEngine[Any], dialect: Dialect) -> bool:
+    """Whether the type is SQLite's ``DATETIME`` in its default storage format.
+
+    Its processor formats with ``%`` and a dict per value; ``isoformat`` writes the
+    same text for a naive ``datetime`` three times faster (a test holds the two to
+    the same output).
+    """
+    impl = type_.dialect_impl(dialect)
+    return (
+        dialect.name == "sqlite"
+        and type(impl) is sqlite.DATETIME
+        and impl._storage_format == sqlite.DATETIME._storage_format
+    )
+
+
+def _isoformat(values: Sequence[Any]) -> list[str] | None:
+    """Every value as SQLite's DATETIME text, or None unless all are naive datetimes."""
+    try:
+        texts = list(map(_ISOFORMAT, values))
+    except (AttributeError, TypeError):  # None, a date, a string...
+        return None
+    # An aware datetime's text has its offset too; a year before 1000 is shorter.
+    if set(map(len, texts)) != {_NAIVE_LENGTH} or not all(isinstance(v, datetime) for v in values):
+        return None
+    return texts
 
 
 def raw_execute(conn: Connection, sql: str) -> int:

@@ -23,7 +23,8 @@ import math
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from operator import itemgetter
+from itertools import repeat
+from operator import eq, itemgetter
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Integer, Table, inspect
@@ -187,6 +188,10 @@ def _from_mappings(table: Table, items: list[Any]) -> Rows:
     table_keys = table.c.keys()  # a list: iterating table.c gives Column objects
     columns = tuple(key for key in table_keys if key in keys)
     getter = _getter(columns)
+    # Plain dicts of the same keys, the usual case, are checked in C; anything else
+    # goes row by row below, which names the first row that differs.
+    if set(map(type, items)) == {dict} and all(map(eq, map(dict.keys, items), repeat(keys))):
+        return Rows(columns=columns, values=list(map(getter, items)))
     values: list[tuple[Any, ...]] = []
     append = values.append
     for index, row in enumerate(items):
