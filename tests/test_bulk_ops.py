@@ -468,3 +468,18 @@ def test_mysql_drops_its_staging_table_after_a_failure(mysql_url: str, make_engi
                 conn.execute(text(f"SELECT 1 FROM {staged[0]}"))
     finally:
         db.metadata.drop_all(db.engine)
+
+
+def test_a_mariadb_url_takes_the_mysql_paths(mysql_url: str, make_engine: MakeEngine):
+    """``mariadb+pymysql://`` names the dialect "mariadb": the same paths as "mysql"."""
+    db = Db(make_engine(mysql_url.replace("mysql+pymysql://", "mariadb+pymysql://", 1)))
+    try:
+        assert db.engine.dialect.name == "mariadb"
+        bulk_insert(db.engine, db.table, db.rows(10))
+        upserted = bulk_upsert(db.engine, db.table, _changed(db.rows(12)), conflict=["id"])
+        assert (upserted.inserted, upserted.updated) == (2, 10)
+        assert bulk_update(db.engine, db.table, db.rows(12)).updated == 12
+        assert bulk_delete(db.engine, db.table, [1, 2]).deleted == 2
+        assert db.read() == db.rows(10, start=3)
+    finally:
+        db.metadata.drop_all(db.engine)

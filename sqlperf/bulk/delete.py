@@ -41,7 +41,7 @@ DeleteMethod = Literal["auto", "staged", "in"]
 _DEFAULT_BATCH = {"staged": 50_000, "in": 10_000}
 # Keys per IN list: long lists cost the parser more than the round trips they save.
 _IN_CHUNK = 5_000
-_METHODS = {"postgresql": ("staged", "in"), "mysql": ("in",), "sqlite": ("in",)}
+_METHODS = {"postgresql": ("staged", "in"), "mysql": ("in",), "mariadb": ("in",), "sqlite": ("in",)}
 
 
 def bulk_delete(

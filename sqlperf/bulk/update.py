@@ -59,6 +59,7 @@ _DEFAULT_BATCH = {"staged": 50_000, "executemany": 10_000}
 _METHODS = {
     "postgresql": ("staged", "executemany"),
     "mysql": ("staged",),
+    "mariadb": ("staged",),
     "sqlite": ("executemany",),
 }
 # Bind names of the key in the executemany UPDATE (a column's own name is its SET value).

@@ -58,6 +58,7 @@ _METHODS = {
     "postgresql": ("staged", "values"),
     "sqlite": ("executemany",),
     "mysql": ("executemany",),
+    "mariadb": ("executemany",),
 }
 
 
