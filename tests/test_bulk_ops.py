@@ -400,7 +400,8 @@ def test_the_query_cache_forgets_the_tables_written(db: Db):
 
 
 def test_progress_bar(db: Db, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch):
-    bulk_insert(db.engine, db.table, db.rows(30))
+    bulk_insert(db.engine, db.table, db.rows(30), batch_size=10, progress=True)
+    assert "insert" in capsys.readouterr().err
     bulk_update(db.engine, db.table, db.rows(30), batch_size=10, progress=True)
     shown = capsys.readouterr().err
     assert "update" in shown

@@ -61,6 +61,7 @@ def bulk_insert(
     method: InsertMethod = "auto",
     returning: Sequence[str] | None = None,
     commit_every: int | None = None,
+    progress: bool | None = None,
 ) -> BulkResult:
     """Insert ``rows`` into a table, by the fastest path the database and driver have.
 
@@ -77,6 +78,8 @@ def bulk_insert(
         returning: column keys to return for each inserted row (``BulkResult.returned``).
         commit_every: commit every this many batches instead of once (see
             :mod:`sqlperf.bulk.batches`); a failed batch is reported, not raised.
+        progress: show a progress bar (tqdm): ``True``, ``False``, or ``None`` for a
+            long run in a terminal (see :mod:`sqlperf.bulk.progress`).
 
     Returns:
         A :class:`BulkResult`.
@@ -110,7 +113,14 @@ def bulk_insert(
     returned: list[Any] = []
     write = _writer(chosen, table, prepared.columns, dialect, returning, returned)
     result = run_batches(
-        target, batches, write, commit_every=commit_every, method=chosen, started=started
+        target,
+        batches,
+        write,
+        commit_every=commit_every,
+        method=chosen,
+        started=started,
+        progress=progress,
+        desc=f"insert {table.name}",
     )
     return replace(result, returned=returned) if returned else result
 
