@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 from sqlalchemy import Connection, Table, and_, bindparam, delete, tuple_
+from sqlalchemy.engine import Dialect
 
 from sqlperf.bulk.batches import (
     BulkResult,
@@ -87,11 +88,12 @@ def bulk_delete(
     table = resolve_table(table_or_model)
     columns = key_columns(table, key)
     values = _key_values(table, columns, keys)
-    chosen = choose_method(method, bind_of(target).dialect, _METHODS, "bulk_delete")
+    dialect = bind_of(target).dialect
+    chosen = choose_method(method, dialect, _METHODS, "bulk_delete")
     batches = split_batches(values, batch_size, _DEFAULT_BATCH[chosen])
     if not batches:
         return no_rows(chosen)
-    write = _staged(table, columns) if chosen == "staged" else _in_lists(table, columns)
+    write = _staged(table, columns, dialect) if chosen == "staged" else _in_lists(table, columns)
     return run_batches(
         target,
         batches,
@@ -153,16 +155,12 @@ def _in_lists(table: Table, columns: list[str]) -> WriteBatch:
     return write
 
 
-def _staged(table: Table, columns: list[str]) -> WriteBatch:
-    stage: Stage | None = None
-    stmt: Any = None
+def _staged(table: Table, columns: list[str], dialect: Dialect) -> WriteBatch:
+    stage = Stage(table, columns, dialect)
+    # A DELETE naming another table renders as DELETE ... USING on PostgreSQL.
+    stmt = delete(table).where(and_(*(table.c[c] == stage.table.c[c] for c in columns)))
 
     def write(conn: Connection, batch: Sequence[Any]) -> Counts:
-        nonlocal stage, stmt
-        if stage is None:
-            stage = Stage(table, columns, conn)
-            # A DELETE naming another table renders as DELETE ... USING on PostgreSQL.
-            stmt = delete(table).where(and_(*(table.c[c] == stage.table.c[c] for c in columns)))
         rows = batch if len(columns) > 1 else [(key,) for key in batch]
         with stage.holding(conn, rows, columns):
             deleted = conn.execute(stmt).rowcount

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import re
 import sqlite3
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from operator import methodcaller
 from typing import Any, cast
@@ -178,16 +179,10 @@ def raw_execute(conn: Connection, sql: str) -> int:
     query cache would otherwise take for DDL on unknown tables. Driver errors are
     raised as SQLAlchemy raises them (``IntegrityError``, ...).
     """
-    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-    base = conn.dialect.loaded_dbapi.Error
-    try:
+    with _raw_cursor(conn, sql) as cursor:
         cursor.execute(sql)
         rowcount: int = cursor.rowcount
-        return rowcount
-    except base as err:
-        raise DBAPIError.instance(sql, None, err, base, dialect=conn.dialect) from err
-    finally:
-        cursor.close()
+    return rowcount
 
 
 def copy_rows(
@@ -205,11 +200,18 @@ def copy_rows(
     """
     sql = copy_sql(table, columns, target=into)
     data = encode_copy(rows, [table.c[c].type for c in columns], names=columns)
+    with _raw_cursor(conn, sql) as cursor:
+        cursor.copy_expert(sql, data)
+
+
+@contextmanager
+def _raw_cursor(conn: Connection, sql: str) -> Iterator[Any]:
+    """A DB-API cursor of ``conn``, closed after; driver errors raised as SQLAlchemy's."""
     cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     base = conn.dialect.loaded_dbapi.Error
     try:
-        cursor.copy_expert(sql, data)
-    except base as err:  # raised as SQLAlchemy raises any driver error
+        yield cursor
+    except base as err:
         raise DBAPIError.instance(sql, None, err, base, dialect=conn.dialect) from err
     finally:
         cursor.close()

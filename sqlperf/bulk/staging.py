@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Column, Connection, MetaData, Table, insert
+from sqlalchemy.engine import Dialect
 
 from sqlperf.bulk.driver import ManyWriter, copy_rows, executemany_writer, raw_execute
 
@@ -32,7 +33,7 @@ class Stage:
             the keys of ``columns``.
     """
 
-    def __init__(self, table: Table, columns: Sequence[str], conn: Connection) -> None:
+    def __init__(self, table: Table, columns: Sequence[str], dialect: Dialect) -> None:
         self._target = table
         self._columns = list(columns)
         name = f"sqlperf_stage_{uuid.uuid4().hex[:12]}"
@@ -41,10 +42,10 @@ class Stage:
             MetaData(),
             *(Column(table.c[k].name, table.c[k].type, key=k) for k in columns),
         )
-        self._dialect = conn.dialect
+        self._dialect = dialect
         self._send: ManyWriter | None = None
-        if self._dialect.name != "postgresql":
-            self._send = executemany_writer(insert(self.table), self.table, columns, conn.dialect)
+        if dialect.name != "postgresql":
+            self._send = executemany_writer(insert(self.table), self.table, columns, dialect)
 
     @contextmanager
     def holding(

@@ -34,6 +34,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.engine import Dialect
 
 from sqlperf.bulk.batches import (
     BulkResult,
@@ -125,9 +126,9 @@ def bulk_update(
     if not batches:
         return no_rows(chosen)
     if chosen == "staged":
-        write = _staged(table, columns, keys, values, only_changed)
+        write = _staged(table, columns, keys, values, only_changed, dialect)
     else:
-        write = _executemany(table, columns, keys, values, only_changed)
+        write = _executemany(table, columns, keys, values, only_changed, dialect)
     return run_batches(
         target,
         batches,
@@ -140,22 +141,19 @@ def bulk_update(
     )
 
 
-def _staged(
+def _staged(  # noqa: PLR0917 - private, one call site
     table: Table,
     columns: Sequence[str],
     key: Sequence[str],
     values: Sequence[str],
     only_changed: bool,
+    dialect: Dialect,
 ) -> WriteBatch:
-    stage: Stage | None = None
-    stmt: Any = None
+    postgres = dialect.name == "postgresql"
+    stage = Stage(table, columns, dialect)
+    stmt = _staged_statement(table, stage.table, key, values, only_changed, postgres)
 
     def write(conn: Connection, batch: Sequence[Any]) -> Counts:
-        nonlocal stage, stmt
-        postgres = conn.dialect.name == "postgresql"
-        if stage is None:
-            stage = Stage(table, columns, conn)
-            stmt = _staged_statement(table, stage.table, key, values, only_changed, postgres)
         with stage.holding(conn, batch, key):
             if postgres:
                 updated, matched = conn.execute(stmt).one()
@@ -197,25 +195,22 @@ def _staged_statement(  # noqa: PLR0917 - private, called once
     return select(updated, found)
 
 
-def _executemany(
+def _executemany(  # noqa: PLR0917 - private, one call site
     table: Table,
     columns: Sequence[str],
     key: Sequence[str],
     values: Sequence[str],
     only_changed: bool,
+    dialect: Dialect,
 ) -> WriteBatch:
     rename = {_KEY_PREFIX + k: k for k in key}
-    send: Any = None
+    stmt = _keyed_update(table, key, values, only_changed, dialect.name)
+    send = executemany_writer(stmt, table, columns, dialect, rename, insert_columns=False)
+    sane_rowcount = dialect.supports_sane_multi_rowcount
 
     def write(conn: Connection, batch: Sequence[Any]) -> Counts:
-        nonlocal send
-        if send is None:
-            stmt = _keyed_update(table, key, values, only_changed, conn.dialect.name)
-            send = executemany_writer(
-                stmt, table, columns, conn.dialect, rename, insert_columns=False
-            )
         result = send(conn, batch)
-        updated = result.rowcount if conn.dialect.supports_sane_multi_rowcount else None
+        updated = result.rowcount if sane_rowcount else None
         # Found but equal rows are not counted apart from missing keys here.
         return Counts(len(batch), updated=updated, unchanged=None if only_changed else 0)
 

@@ -127,7 +127,7 @@ def bulk_upsert(
     batches = split_batches(values, batch_size, _DEFAULT_BATCH[chosen])
     if not batches:
         return no_rows(chosen)
-    write = _writer(chosen, table, columns, conflict, updated, only_changed)
+    write = _writer(chosen, table, columns, conflict, updated, only_changed, dialect)
     return run_batches(
         target,
         batches,
@@ -147,12 +147,15 @@ def _writer(  # noqa: PLR0917 - the one place the paths are told apart
     conflict: Sequence[str],
     update: Sequence[str],
     only_changed: bool,
+    dialect: Dialect,
 ) -> WriteBatch:
     if method == "staged":
-        return _staged(table, columns, conflict, update, only_changed)
+        return _staged(table, columns, conflict, update, only_changed, dialect)
     if method == "values":
         return _values(table, columns, conflict, update, only_changed)
-    return _executemany(table, columns, conflict, update, only_changed)
+    if dialect.name == "sqlite":
+        return _sqlite(table, columns, conflict, update, only_changed, dialect)
+    return _mysql(table, columns, conflict, update, dialect)
 
 
 def _pg_statement(
@@ -185,28 +188,23 @@ def _changed_clause(
 _INSERTED = literal_column("xmax = 0", Boolean).label("inserted")
 
 
-def _staged(
+def _staged(  # noqa: PLR0917 - private, one call site
     table: Table,
     columns: Sequence[str],
     conflict: Sequence[str],
     update: Sequence[str],
     only_changed: bool,
+    dialect: Dialect,
 ) -> WriteBatch:
-    stage: Stage | None = None
-    counted: Any = None
+    stage = Stage(table, columns, dialect)
+    source = postgresql.insert(table).from_select(
+        [table.c[c] for c in columns], select(*stage.table.c)
+    )
+    upsert = _pg_statement(table, source, conflict, update, only_changed)
+    written = upsert.returning(_INSERTED).cte("written")
+    counted = select(func.count().filter(written.c.inserted), func.count()).select_from(written)
 
     def write(conn: Connection, batch: Sequence[Any]) -> Counts:
-        nonlocal stage, counted
-        if stage is None:
-            stage = Stage(table, columns, conn)
-            source = postgresql.insert(table).from_select(
-                [table.c[c] for c in columns], select(*stage.table.c)
-            )
-            upsert = _pg_statement(table, source, conflict, update, only_changed)
-            written = upsert.returning(_INSERTED).cte("written")
-            counted = select(func.count().filter(written.c.inserted), func.count()).select_from(
-                written
-            )
         with stage.holding(conn, batch, conflict):
             inserted, affected = conn.execute(counted).one()
         note_written(conn, table)  # the cache cannot see through the WITH
@@ -238,41 +236,42 @@ def _values(
     return write
 
 
-def _executemany(
+def _sqlite(  # noqa: PLR0917 - private, one call site
     table: Table,
     columns: Sequence[str],
     conflict: Sequence[str],
     update: Sequence[str],
     only_changed: bool,
+    dialect: Dialect,
 ) -> WriteBatch:
-    sqlite_send: Any = None
-    mysql_send: Any = None
+    statement = _sqlite_statement(table, conflict, update, only_changed)
+    send = executemany_writer(statement, table, columns, dialect)
 
     def write(conn: Connection, batch: Sequence[Any]) -> Counts:
-        nonlocal sqlite_send, mysql_send
-        if conn.dialect.name == "sqlite":
-            if sqlite_send is None:
-                sqlite_send = executemany_writer(
-                    _sqlite_statement(table, conflict, update, only_changed),
-                    table,
-                    columns,
-                    conn.dialect,
-                )
-            affected = sqlite_send(conn, batch).rowcount
-            if not update:
-                return Counts(len(batch), affected, 0, len(batch) - affected)
-            return Counts(len(batch), None, None, len(batch) - affected)
-        if mysql_send is None:
-            mysql_send = executemany_writer(
-                _mysql_statement(table, conflict, update, conn.dialect),
-                table,
-                columns,
-                conn.dialect,
-            )
+        affected = send(conn, batch).rowcount
+        if not update:
+            return Counts(len(batch), affected, 0, len(batch) - affected)
+        return Counts(len(batch), None, None, len(batch) - affected)
+
+    return write
+
+
+def _mysql(
+    table: Table,
+    columns: Sequence[str],
+    conflict: Sequence[str],
+    update: Sequence[str],
+    dialect: Dialect,
+) -> WriteBatch:
+    send = executemany_writer(
+        _mysql_statement(table, conflict, update, dialect), table, columns, dialect
+    )
+
+    def write(conn: Connection, batch: Sequence[Any]) -> Counts:
         counts = Counts(0, 0, 0, 0)
         for first in range(0, len(batch), _MYSQL_CHUNK):
             chunk = batch[first : first + _MYSQL_CHUNK]
-            affected = mysql_send(conn, chunk).rowcount
+            affected = send(conn, chunk).rowcount
             counts += _mysql_counts(len(chunk), affected, mysql_info(conn), bool(update))
         return counts
 
