@@ -64,6 +64,7 @@ from sqlalchemy import ARRAY, Integer, Table
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator, TypeEngine, to_instance
 
+from sqlperf.bulk.rows import columns_of
 from sqlperf.exceptions import ConfigurationError
 
 __all__ = ["copy_sql", "encode_copy"]
@@ -183,14 +184,9 @@ def encode_copy(
                 f"row {offset} is a {type(batch[0]).__name__}; encode_copy takes sequences "
                 "of values in column order (prepare_rows makes them from mappings)"
             )
-        try:
-            transposed = list(zip(*batch, strict=True))
-        except ValueError:
-            transposed = []
-        if len(transposed) != width:
-            _row_length_error(batch, width, offset)
+        cells_of = columns_of(batch, width, offset=offset)
         fields = [
-            column.encode(cells, offset) for column, cells in zip(columns, transposed, strict=True)
+            column.encode(cells, offset) for column, cells in zip(columns, cells_of, strict=True)
         ]
         text = "\n".join(map("\t".join, zip(*fields, strict=True)))
         out.write(text.encode("utf-8"))
@@ -198,15 +194,6 @@ def encode_copy(
         offset += len(batch)
     out.seek(0)
     return out
-
-
-def _row_length_error(batch: list[Sequence[Any]], width: int, offset: int) -> None:
-    for index, row in enumerate(batch):
-        if len(row) != width:
-            raise ConfigurationError(
-                f"row {offset + index} has {len(row)} values but there are {width} columns"
-            )
-    raise AssertionError("unreachable: no row of the wrong length")  # pragma: no cover
 
 
 # -- one column ------------------------------------------------------------------------
@@ -303,14 +290,13 @@ def _type_name(kind: type) -> str:
 class _Column:
     """Encodes the values of one column: bind processor, then per-type converters."""
 
-    __slots__ = ("array", "integral", "label", "none_too", "process", "type")
+    __slots__ = ("array", "integral", "label", "process", "type")
 
     def __init__(self, type_: TypeEngine[Any], label: str) -> None:
         dialect = _dialect()
         self.type = type_
         self.label = label
         self.process = type_.dialect_impl(dialect).bind_processor(dialect)
-        self.none_too = bool(type_.should_evaluate_none)
         base = type_.impl_instance if isinstance(type_, TypeDecorator) else type_
         self.array = isinstance(base, ARRAY)
         self.integral = isinstance(base, Integer)
@@ -320,32 +306,37 @@ class _Column:
         if self.process is not None:
             cells = self._processed(cells, offset)
         kinds = set(map(type, cells))
+        nulls = _NoneType in kinds
         kinds.discard(_NoneType)
         if not kinds:
             return [_NULL] * len(cells)
         null = _NULL
         if len(kinds) == 1:
-            (kind,) = kinds
-            # The commonest types inline, without a Python call per value.
-            if kind is str:
-                return _escape_strings(cells)
-            if kind is int:
-                return [null if v is None else repr(v) for v in cells]
-            if kind is Decimal:
-                return [null if v is None else "NaN" if v.is_nan() else str(v) for v in cells]
-            convert = self._converter(kind, cells, offset)
-            return [null if v is None else convert(v) for v in cells]
+            return self._one_kind(next(iter(kinds)), cells, offset, nulls=nulls)
         by_kind = {kind: self._converter(kind, cells, offset) for kind in kinds}
         by_kind[_NoneType] = lambda _: null
         return [by_kind[type(v)](v) for v in cells]
 
+    def _one_kind(self, kind: type, cells: Sequence[Any], offset: int, *, nulls: bool) -> list[str]:
+        """The fields of a column whose values are all of ``kind`` or None."""
+        # The commonest types without a Python call per value.
+        if kind is str:
+            return _escape_strings(cells)
+        if kind is int and not nulls:
+            return list(map(int.__repr__, cells))
+        if kind is Decimal and not nulls and not any(map(Decimal.is_nan, cells)):
+            return list(map(Decimal.__str__, cells))
+        convert = self._converter(kind, cells, offset)
+        if not nulls:
+            return list(map(convert, cells))
+        null = _NULL
+        return [null if v is None else convert(v) for v in cells]
+
     def _processed(self, cells: Sequence[Any], offset: int) -> list[Any]:
         process = self.process
         assert process is not None
-        try:
-            if self.none_too:
-                return [process(v) for v in cells]
-            return [None if v is None else process(v) for v in cells]
+        try:  # to None too, as SQLAlchemy does: a TypeDecorator may store something for it
+            return list(map(process, cells))
         except (TypeError, ValueError, LookupError) as exc:
             row = offset + self._failing_row(cells, process)
             raise ConfigurationError(
@@ -354,8 +345,6 @@ class _Column:
 
     def _failing_row(self, cells: Sequence[Any], process: Callable[[Any], Any]) -> int:
         for index, value in enumerate(cells):
-            if value is None and not self.none_too:
-                continue
             try:
                 process(value)
             except (TypeError, ValueError, LookupError):

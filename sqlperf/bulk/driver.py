@@ -25,6 +25,7 @@ from sqlalchemy.sql.expression import ClauseElement
 from sqlalchemy.types import TypeEngine
 
 from sqlperf.bulk.copy import copy_sql, encode_copy
+from sqlperf.bulk.rows import columns_of
 from sqlperf.cache.query_cache import attached_cache
 
 __all__ = [
@@ -113,27 +114,22 @@ def executemany_writer(
 def _converter(
     types: Sequence[TypeEngine[Any]], dialect: Dialect
 ) -> Callable[[Sequence[Sequence[Any]]], list[Sequence[Any]]]:
-    """Rows to columns, each through its column's bind processor as SQLAlchemy would
-    apply it: to None too where the type says so (``JSON`` turns it into JSON ``null``
-    unless ``none_as_null=True``). Column by column: one loop per processed column
-    rather than per value, and the transposition is ``zip``'s."""
+    """Rows to columns, each through its column's bind processor as SQLAlchemy applies
+    it to an executemany: to every value, None included (``JSON`` turns None into JSON
+    ``null`` unless ``none_as_null=True``; a ``TypeDecorator`` sees it). Column by
+    column: one ``map`` per processed column, and the transposition is ``zip``'s."""
+    width = len(types)
     active = [
-        (i, processor, bool(t.should_evaluate_none), _sqlite_naive_datetime(t, dialect))
+        (i, processor, _sqlite_naive_datetime(t, dialect))
         for i, t in enumerate(types)
         if (processor := t._cached_bind_processor(dialect)) is not None
     ]
 
     def convert(rows: Sequence[Sequence[Any]]) -> list[Sequence[Any]]:
-        # The rows all have the same length (prepare_rows): no strict= check.
-        columns: list[Sequence[Any]] = list(zip(*rows))  # noqa: B905
-        for i, processor, evaluate_none, isoformat in active:
+        columns: list[Sequence[Any]] = list(columns_of(rows, width))
+        for i, processor, isoformat in active:
             done = _isoformat(columns[i]) if isoformat else None
-            if done is not None:
-                columns[i] = done
-            elif evaluate_none:
-                columns[i] = list(map(processor, columns[i]))
-            else:
-                columns[i] = [None if v is None else processor(v) for v in columns[i]]
+            columns[i] = done if done is not None else list(map(processor, columns[i]))
         return columns
 
     return convert
@@ -162,14 +158,11 @@ def _sqlite_naive_datetime(type_: TypeEngine[Any], dialect: Dialect) -> bool:
 
 def _isoformat(values: Sequence[Any]) -> list[str] | None:
     """Every value as SQLite's DATETIME text, or None unless all are naive datetimes."""
-    try:
-        texts = list(map(_ISOFORMAT, values))
-    except (AttributeError, TypeError):  # None, a date, a string...
+    if set(map(type, values)) != {datetime}:  # None, a date, a string, a subclass...
         return None
+    texts = list(map(_ISOFORMAT, values))
     # An aware datetime's text has its offset too; a year before 1000 is shorter.
-    if set(map(len, texts)) != {_NAIVE_LENGTH} or not all(isinstance(v, datetime) for v in values):
-        return None
-    return texts
+    return texts if set(map(len, texts)) == {_NAIVE_LENGTH} else None
 
 
 def raw_execute(conn: Connection, sql: str) -> int:

@@ -96,9 +96,9 @@ from sqlperf.bulk.copy import (
     _NoneType,
     _raw_int,
     _raw_str,
-    _row_length_error,
     _type_name,
 )
+from sqlperf.bulk.rows import columns_of
 from sqlperf.exceptions import ConfigurationError
 
 __all__ = ["encode_load_data", "load_data", "load_data_sql", "local_infile_enabled"]
@@ -302,14 +302,9 @@ def _encode_batches(
                 f"row {offset} is a {type(batch[0]).__name__}; encode_load_data takes "
                 "sequences of values in column order (prepare_rows makes them from mappings)"
             )
-        try:
-            transposed = list(zip(*batch, strict=True))
-        except ValueError:
-            transposed = []
-        if len(transposed) != width:
-            _row_length_error(batch, width, offset)
+        cells_of = columns_of(batch, width, offset=offset)
         fields = [
-            column.encode(cells, offset) for column, cells in zip(columns, transposed, strict=True)
+            column.encode(cells, offset) for column, cells in zip(columns, cells_of, strict=True)
         ]
         lines = list(map("\t".join, zip(*fields, strict=True)))
         lines.append("")  # every line ends with a newline
@@ -471,7 +466,6 @@ class _LoadColumn(_Column):
         self.type = type_
         self.label = label
         self.process = type_._cached_bind_processor(dialect)
-        self.none_too = bool(type_.should_evaluate_none)
         base = _base_type(type_)
         self.array = False
         self.integral = isinstance(base, Integer)

@@ -22,9 +22,9 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
-from itertools import repeat
-from operator import eq, itemgetter
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Integer, Table, inspect
@@ -35,7 +35,7 @@ from sqlperf.exceptions import ConfigurationError
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["Rows", "prepare_rows", "resolve_table"]
+__all__ = ["Rows", "columns_of", "prepare_rows", "resolve_table"]
 
 #: How many column keys an error message lists before it abbreviates.
 _LISTED_COLUMNS = 20
@@ -171,6 +171,34 @@ def prepare_rows(
     return result
 
 
+def columns_of(rows: Sequence[Sequence[Any]], width: int, *, offset: int = 0) -> list[list[Any]]:
+    """The ``width`` columns of ``rows``, each a list: rows turned into columns.
+
+    ``list(zip(*rows))`` makes an iterator per row that lives until the end, and
+    100,000 of those wake the garbage collector for passes over every object the
+    caller holds: six times slower than one ``itemgetter`` pass per column.
+
+    Args:
+        rows: sequences of ``width`` values.
+        width: the number of values each row must have.
+        offset: the index of ``rows[0]`` among all rows, for the error message.
+
+    Raises:
+        ConfigurationError: naming the first row with another number of values.
+
+    Example::
+
+        >>> columns_of([(1, "a"), (2, "b")], 2)
+        [[1, 2], ['a', 'b']]
+    """
+    if rows and set(map(len, rows)) != {width}:
+        index = next(i for i, row in enumerate(rows) if len(row) != width)
+        raise ConfigurationError(
+            f"row {offset + index} has {len(rows[index])} values but there are {width} columns"
+        )
+    return [list(map(itemgetter(i), rows)) for i in range(width)]
+
+
 # -- mappings and sequences ------------------------------------------------------------
 
 
@@ -188,10 +216,12 @@ def _from_mappings(table: Table, items: list[Any]) -> Rows:
     table_keys = table.c.keys()  # a list: iterating table.c gives Column objects
     columns = tuple(key for key in table_keys if key in keys)
     getter = _getter(columns)
-    # Plain dicts of the same keys, the usual case, are checked in C; anything else
-    # goes row by row below, which names the first row that differs.
-    if set(map(type, items)) == {dict} and all(map(eq, map(dict.keys, items), repeat(keys))):
-        return Rows(columns=columns, values=list(map(getter, items)))
+    # Plain dicts of the same keys, the usual case, are checked in C: a dict with as
+    # many keys as row 0 from which the getter finds all of row 0's has row 0's keys.
+    # Anything else goes row by row below, which names the first row that differs.
+    if set(map(type, items)) == {dict} and set(map(len, items)) == {len(keys)}:
+        with suppress(KeyError):
+            return Rows(columns=columns, values=list(map(getter, items)))
     values: list[tuple[Any, ...]] = []
     append = values.append
     for index, row in enumerate(items):
