@@ -8,6 +8,7 @@ Example::
     print(pool_status(engine))
 """
 
+from sqlperf.analysis import build_report, diff_logs, load_log, suggestions, top_fingerprints
 from sqlperf.budget import PoolBudget, check_pool_budget
 from sqlperf.bulk import BulkResult, bulk_delete, bulk_insert, bulk_update, bulk_upsert
 from sqlperf.cache import LayeredBackend, MemoryBackend, QueryCache, RedisBackend, cached, no_cache
@@ -61,6 +62,7 @@ __all__ = [
     "WaitStats",
     "Workload",
     "__version__",
+    "build_report",
     "bulk_delete",
     "bulk_insert",
     "bulk_update",
@@ -68,9 +70,11 @@ __all__ = [
     "cached",
     "check_pool_budget",
     "create_optimized_engine",
+    "diff_logs",
     "engine_role",
     "iter_keyset",
     "keyset_page",
+    "load_log",
     "no_cache",
     "plan_pool",
     "pool_status",
@@ -79,4 +83,6 @@ __all__ = [
     "replica_health",
     "routing_stats",
     "safe_url",
+    "suggestions",
+    "top_fingerprints",
 ]

@@ -4,6 +4,8 @@
 
     sqlperf demo [--url URL | --db PATH] [--replica-url URL] [--redis-url URL]
                  [--out DIR] [--orders N] [--seconds S] [--threads N] [--workers N]
+    sqlperf report LOG_OR_URL [--format text|json|markdown|html] [-o FILE] [--top N]
+    sqlperf diff BEFORE AFTER [--format text|json|markdown] [--top N]
     sqlperf db upgrade --url URL [--revision REV]
     sqlperf db current --url URL
 
@@ -78,11 +80,11 @@ def _one_line(err: BaseException) -> str:
     return lines[0] if lines else type(err).__name__
 
 
-def make_cli() -> click.Group:
+def make_cli() -> click.Group:  # noqa: PLR0915 - one closure per command
     """Build the ``sqlperf`` click group (for embedding, or click's ``CliRunner``).
 
     Returns:
-        The ``click.Group`` with the ``demo`` and ``db`` commands.
+        The ``click.Group`` with the ``demo``, ``report``, ``diff`` and ``db`` commands.
 
     Raises:
         MissingDependency: click is not installed.
@@ -243,6 +245,68 @@ def make_cli() -> click.Group:
         with errors(url):
             result = migrate.current(url)
         click.echo(result or "none")
+
+    formats = click.Choice(["text", "json", "markdown", "html"])
+
+    @cli.command()
+    @click.argument("log")
+    @click.option("--format", "fmt", type=formats, default="text", show_default=True)
+    @click.option(
+        "--output",
+        "-o",
+        type=click.Path(dir_okay=False, writable=True),
+        help="Write to this file instead of the terminal (html: default report.html).",
+    )
+    @click.option("--top", default=10, show_default=True, type=click.IntRange(min=1))
+    def report(log: str, fmt: str, output: str | None, top: int) -> None:
+        """Summarise a query log: top fingerprints, N+1 suspects, cache, routes, suggestions.
+
+        LOG is a query_log.jsonl or .parquet file, or a database URL with
+        sqlperf's tables (sqlperf_query_log and sqlperf_query_stats).
+        """
+        from sqlperf.analysis import build_report
+
+        url = log if "://" in log else None
+        with errors(url):
+            built = build_report(log, top=top)
+            if fmt == "text" and output is None:
+                built.print()
+                return
+            text = {
+                "text": built.to_markdown,
+                "json": built.to_json,
+                "markdown": built.to_markdown,
+                "html": built.to_html,
+            }[fmt]()
+        _write(text, output or ("report.html" if fmt == "html" else None))
+
+    @cli.command()
+    @click.argument("before")
+    @click.argument("after")
+    @click.option(
+        "--format", "fmt", type=click.Choice(["text", "json", "markdown"]), default="text"
+    )
+    @click.option("--top", default=20, show_default=True, type=click.IntRange(min=1))
+    def diff(before: str, after: str, fmt: str, top: int) -> None:
+        """Compare two query logs (before and after a deploy) fingerprint by fingerprint.
+
+        Lists the fingerprints whose total time moved most, new and vanished ones
+        included, with calls, total time and p95 in each log.
+        """
+        from sqlperf.analysis.diff import diff_logs, render_diff
+
+        url = next((x for x in (before, after) if "://" in x), None)
+        with errors(url):
+            moved = diff_logs(before, after)
+        click.echo(render_diff(moved, fmt=fmt, top=top), nl=False)
+
+    def _write(text: str, output: str | None) -> None:
+        if output is None:
+            click.echo(text, nl=False)
+            return
+        with open(output, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        click.echo(f"wrote {output}")
 
     return cli
 

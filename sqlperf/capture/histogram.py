@@ -112,6 +112,10 @@ class LatencyHistogram:
                 return (low + high - 1) / 2
         raise AssertionError("unreachable: rank <= total")  # pragma: no cover
 
+    def buckets(self) -> list[tuple[int, int, int]]:
+        """The non-empty buckets in order: ``(low_ns, high_ns, count)``, ``high`` exclusive."""
+        return [(*_bounds(index), self.counts[index]) for index in sorted(self.counts)]
+
     def to_json(self) -> str:
         """The counts as compact JSON, ``{"bucket": count}``, for a statistics row."""
         return json.dumps(
