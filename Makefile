@@ -14,9 +14,9 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 # Each stamp re-installs when the project's dependencies change. The demo needs
-# only the CLI and the drivers, so a fresh `make demo` skips the dev tools.
+# the CLI, the drivers and the notebook tools, so a fresh `make demo` skips the dev tools.
 $(DEMO_STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[cli,postgres,mysql]'
+	$(BIN)/python -m pip install --quiet -e '.[cli,notebooks,postgres,mysql]'
 	touch $(DEMO_STAMP)
 
 $(STAMP): pyproject.toml | $(BIN)/python

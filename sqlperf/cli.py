@@ -4,6 +4,7 @@
 
     sqlperf demo [--url URL | --db PATH] [--replica-url URL] [--redis-url URL]
                  [--out DIR] [--orders N] [--seconds S] [--threads N] [--workers N]
+                 [--no-notebooks]
     sqlperf report LOG_OR_URL [--format text|json|markdown|html] [-o FILE] [--top N]
     sqlperf diff BEFORE AFTER [--format text|json|markdown] [--top N]
     sqlperf db upgrade --url URL [--revision REV]
@@ -163,7 +164,14 @@ def make_cli() -> click.Group:  # noqa: PLR0915 - one closure per command
         default="sqlperf-demo-out",
         show_default=True,
         type=click.Path(file_okay=False, writable=True),
-        help="Folder for the demo's output (the captured query log, query_log.jsonl).",
+        help="Folder for the demo's output: the captured query log (query_log.jsonl), "
+        "its HTML report (report.html) and the executed notebooks.",
+    )
+    @click.option(
+        "--notebooks/--no-notebooks",
+        default=True,
+        show_default=True,
+        help="Execute the analysis notebooks on the captured log.",
     )
     @click.option("--orders", default=100_000, show_default=True, type=click.IntRange(min=1))
     @click.option(
@@ -192,8 +200,9 @@ def make_cli() -> click.Group:  # noqa: PLR0915 - one closure per command
         seconds: float,
         threads: int,
         workers: int,
+        notebooks: bool,
     ) -> None:
-        """Seed a shop database and run a mixed read/write workload on it."""
+        """Seed a shop database, run every capability on it, and analyse the captured log."""
         from sqlperf.demo import run_demo
 
         if url and db_path:
@@ -211,6 +220,7 @@ def make_cli() -> click.Group:  # noqa: PLR0915 - one closure per command
                 workers=workers,
                 out=sys.stdout,  # looked up now: CliRunner and redirections replace it
                 out_dir=out_dir,
+                notebooks=notebooks,
             )
 
     @cli.group()

@@ -64,8 +64,10 @@ from sqlalchemy.orm import sessionmaker
 from sqlperf.budget import PoolBudget, check_pool_budget
 from sqlperf.bulk import bulk_insert
 from sqlperf.capture import QueryRecorder
+from sqlperf.demo_analysis import AnalysisDemoReport, run_analysis_demo
 from sqlperf.demo_cache import CacheDemoReport, run_cache_demo
 from sqlperf.demo_capture import CaptureDemoReport, DemoCapture, finish_capture, start_capture
+from sqlperf.demo_nplusone import NPlusOneDemoReport, run_n_plus_one_demo
 from sqlperf.demo_pages import PagesDemoReport, run_pages_demo
 from sqlperf.engine import create_optimized_engine, safe_url
 from sqlperf.exceptions import ConfigurationError, SqlperfError
@@ -209,7 +211,10 @@ class DemoReport:
         total_seconds: the whole run, schema and clean-up included.
         cache: what the query-cache part measured (hit ratio, speed-up, invalidation).
         pages: what the pagination part did (cursor round trip, OFFSET versus keyset).
+        n_plus_one: the N+1 part: a page loaded with a loop of queries, then batched.
         capture: what the query recorder captured over the whole run.
+        analysis: the report and notebooks written from the log (``None`` without
+            an output folder).
     """
 
     url: str
@@ -239,7 +244,9 @@ class DemoReport:
     total_seconds: float
     cache: CacheDemoReport
     pages: PagesDemoReport
+    n_plus_one: NPlusOneDemoReport
     capture: CaptureDemoReport
+    analysis: AnalysisDemoReport | None
 
     def operation(self, name: str) -> OperationStats:
         """Return the statistics of operation ``name``.
@@ -705,6 +712,7 @@ def run_demo(
     seed: int = 42,
     out: TextIO | None = None,
     out_dir: str | Path | None = None,
+    notebooks: bool = True,
 ) -> DemoReport:
     """Seed a shop database and run a mixed read/write workload against it.
 
@@ -728,8 +736,11 @@ def run_demo(
         seed: seed of the data and the workload's choices.
         out: where to print the progress and summary; ``sys.stdout`` at the
             time of the call when ``None``.
-        out_dir: a folder for the captured query log (``query_log.jsonl``);
+        out_dir: a folder for the captured query log (``query_log.jsonl``), the
+            HTML report of it (``report.html``) and the executed notebooks;
             ``None`` keeps the log in memory and in the database only.
+        notebooks: execute the notebooks on the log (with an ``out_dir``; needs
+            ``sqlperf[notebooks]`` and the source tree's ``notebooks/`` folder).
 
     Returns:
         A :class:`DemoReport` with the numbers that were printed.
@@ -775,6 +786,7 @@ def run_demo(
                 seed=seed,
                 emit=emit,
                 out_dir=log_dir,
+                notebooks=notebooks,
             )
         finally:
             capture.recorder.close()  # a second close (after finish_capture) does nothing
@@ -836,6 +848,7 @@ def _run(  # noqa: PLR0915 - the demo's one story, told in order
     seed: int,
     emit: Callable[..., None],
     out_dir: Path | None,
+    notebooks: bool,
 ) -> DemoReport:
     recorder = capture.recorder
     sizes = _Sizes(
@@ -923,7 +936,21 @@ def _run(  # noqa: PLR0915 - the demo's one story, told in order
     emit()
     pages = run_pages_demo(workload.session, orders=orders, n_orders=seeded.orders, emit=emit)
     emit()
+    n_plus_one = run_n_plus_one_demo(
+        workload.session,
+        recorder,
+        orders=orders,
+        order_items=order_items,
+        n_customers=seeded.customers,
+        emit=emit,
+        seed=seed,
+    )
+    emit()
     captured = finish_capture(capture, engine, out_dir=out_dir, emit=emit)
+    analysis = None
+    if out_dir is not None and captured.log_path is not None:
+        emit()
+        analysis = run_analysis_demo(captured.log_path, out_dir, notebooks=notebooks, emit=emit)
     if replica is not None:
         replica.dispose()
     return DemoReport(
@@ -954,5 +981,7 @@ def _run(  # noqa: PLR0915 - the demo's one story, told in order
         total_seconds=0.0,  # likewise
         cache=cache,
         pages=pages,
+        n_plus_one=n_plus_one,
         capture=captured,
+        analysis=analysis,
     )

@@ -90,7 +90,8 @@ def start_capture(engine: Engine, *others: Engine, out_dir: Path | None) -> Demo
         log = out_dir / LOG_NAME
         log.unlink(missing_ok=True)
         sinks.append(JsonlSink(log))
-    recorder = QueryRecorder(slow_ms=DEMO_SLOW_MS, sinks=sinks, stats_interval_s=5.0)
+    # Windows of a second give the report's timeline a point per second of the run.
+    recorder = QueryRecorder(slow_ms=DEMO_SLOW_MS, sinks=sinks, stats_interval_s=1.0, explain=True)
     return DemoCapture(recorder.attach(engine, *others), records_before, stats_before)
 
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import base64
+import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import click
+import nbformat
 import pytest
 from click.testing import CliRunner
 
@@ -21,11 +25,30 @@ def cli() -> click.Group:
     return make_cli()
 
 
-def test_demo_on_a_temporary_sqlite_file(cli: click.Group, tmp_path: Path) -> None:
+def _expected_from_log(path: Path) -> tuple[str, str]:
+    """The top fingerprint by total time and the N+1 call site, read from the raw JSON lines."""
+    totals: dict[str, float] = {}
+    shapes: dict[str, str] = {}
+    sites: dict[str, float] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        item = json.loads(line)
+        if item["type"] == "stats":
+            totals[item["fingerprint_id"]] = totals.get(item["fingerprint_id"], 0.0) + float(
+                item["total_ms"]
+            )
+            shapes[item["fingerprint_id"]] = item["fingerprint"]
+        elif item["kind"] == "n_plus_one":
+            sites[item["call_site"]] = sites.get(item["call_site"], 0.0) + item["duration_ms"]
+    top = max(totals, key=lambda k: totals[k])
+    return shapes[top], max(sites, key=lambda k: sites[k])
+
+
+def test_demo_writes_its_log_report_and_notebooks(cli: click.Group, tmp_path: Path) -> None:
+    """The end-to-end run of `make demo`, small: log, HTML report, notebooks, then `report`."""
     out = tmp_path / "out"
     result = CliRunner().invoke(
         cli,
-        ["demo", "--orders", "200", "--seconds", "0.3", "--threads", "2", "--out", str(out)],
+        ["demo", "--orders", "500", "--seconds", "0.5", "--threads", "2", "--out", str(out)],
     )
 
     assert result.exit_code == 0, result.output
@@ -34,12 +57,37 @@ def test_demo_on_a_temporary_sqlite_file(cli: click.Group, tmp_path: Path) -> No
     assert "seeded" in result.stdout
     assert "temporary database removed" in result.stdout
     assert "top fingerprints by total time" in result.stdout
-    assert (out / "query_log.jsonl").stat().st_size > 0
+    log = out / "query_log.jsonl"
+    top, site = _expected_from_log(log)
+    assert "demo_nplusone.py" in site
+    assert f"N+1 suspect: {site}" in result.stdout
+    page = (out / "report.html").read_text(encoding="utf-8")
+    images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert len(images) >= 4
+    assert all(base64.b64decode(image).startswith(b"\x89PNG\r\n\x1a\n") for image in images)
+    for name in ("overview.ipynb", "diagnosis.ipynb"):
+        executed = nbformat.read(out / name, as_version=4)  # type: ignore[no-untyped-call]
+        outputs = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs]
+        assert not [o for o in outputs if o.output_type == "error"], name
+        assert any("image/png" in o.get("data", {}) for o in outputs), name
+
+    shown = CliRunner().invoke(cli, ["report", str(log), "--format", "markdown"])
+
+    assert shown.exit_code == 0, shown.output
+    top_section = shown.stdout.split("## Top fingerprints by total time")[1]
+    first_row = top_section.strip().splitlines()[2]
+    assert top.replace("|", "\\|") in first_row
+    assert site in shown.stdout.split("## N+1 suspects")[1]
+    in_terminal = CliRunner().invoke(cli, ["report", str(log)], terminal_width=250)
+    assert in_terminal.exit_code == 0, in_terminal.output
+    assert site in in_terminal.stdout
+    assert top[:40] in in_terminal.stdout
 
 
 def test_demo_keeps_the_file_given_with_db(cli: click.Group, tmp_path: Path) -> None:
     path = tmp_path / "shop.db"
     args = ["demo", "--db", str(path), "--orders", "100", "--seconds", "0.2", "--threads", "1"]
+    args.append("--no-notebooks")
     result = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "out")])
 
     assert result.exit_code == 0, result.output

@@ -73,6 +73,11 @@ def _check_report(report: DemoReport, summary: str) -> None:
     assert pages.same_rows  # the deep page by keyset is the deep page by OFFSET
     assert pages.pages_walked >= 1
     assert "OFFSET" in summary
+    n_plus_one = report.n_plus_one
+    assert n_plus_one.loop_queries > n_plus_one.batched_queries == 2  # the page, then one IN
+    assert n_plus_one.suspects >= 1  # the recorder caught the loop
+    assert capture.records.get("n_plus_one", 0) == n_plus_one.suspects
+    assert "N+1 suspects reported" in summary
 
 
 def _check_database(url: str, report: DemoReport) -> None:
@@ -123,7 +128,13 @@ def test_demo_on_sqlite_file(tmp_path: Path) -> None:
     out = io.StringIO()
 
     report = run_demo(
-        f"sqlite:///{path}", orders=300, seconds=1.0, threads=2, out=out, out_dir=tmp_path / "out"
+        f"sqlite:///{path}",
+        orders=300,
+        seconds=1.0,
+        threads=2,
+        out=out,
+        out_dir=tmp_path / "out",
+        notebooks=False,
     )
 
     assert report.dialect == "sqlite"
@@ -143,6 +154,13 @@ def test_demo_on_sqlite_file(tmp_path: Path) -> None:
     assert int(stats["calls"].sum()) == report.capture.statements
     assert len(read_query_log(report.capture.log_path)) == report.capture.table_records
     assert int(read_query_stats(f"sqlite:///{path}")["calls"].sum()) >= report.capture.statements
+    # The HTML report was written from that log; the notebooks were not asked for.
+    analysis = report.analysis
+    assert analysis is not None
+    assert analysis.report_path.read_text(encoding="utf-8").count("data:image/png;base64,") >= 4
+    assert analysis.notebooks == ()
+    assert analysis.n_plus_one is not None
+    assert "demo_nplusone.py" in analysis.n_plus_one
 
 
 def test_demo_reseeds_from_scratch_on_rerun(tmp_path: Path) -> None:
