@@ -50,6 +50,18 @@ def _empty(fig: Figure, what: str) -> Figure:
     return fig
 
 
+def _ranked_bars(fig: Figure, labels: list[Any], values: list[float], notes: list[str]) -> Any:
+    """Horizontal bars, the first row on top, each labelled with its rank and a note."""
+    ax = fig.subplots()
+    positions = list(range(len(labels)))[::-1]
+    bars = ax.barh(positions, values)
+    # The rank keeps two shapes apart when their shortened labels are the same.
+    ax.set_yticks(positions, [f"{i}. {_label(text)}" for i, text in enumerate(labels, 1)])
+    ax.bar_label(bars, labels=notes, padding=3, fontsize=8)
+    ax.tick_params(axis="y", labelsize=8)
+    return ax
+
+
 def plot_top(top: pd.DataFrame, *, title: str = "Top fingerprints by total time") -> Figure:
     """Horizontal bars of total time per fingerprint, with calls and p95 as labels.
 
@@ -60,22 +72,12 @@ def plot_top(top: pd.DataFrame, *, title: str = "Top fingerprints by total time"
     fig = _figure(height=max(2.5, 0.45 * len(top) + 1.2))
     if top.empty:
         return _empty(fig, "statistics")
-    ax = fig.subplots()
-    ordered = top.iloc[::-1]
-    positions = list(range(len(ordered)))
-    bars = ax.barh(positions, ordered["total_ms"])
-    ranks = range(len(ordered), 0, -1)  # two shapes may share a shortened label
-    ax.set_yticks(
-        positions,
-        [f"{r}. {_label(f)}" for r, f in zip(ranks, ordered["fingerprint"], strict=True)],
-    )
-    pairs = zip(ordered["calls"], ordered["p95_ms"], strict=True)
+    pairs = zip(top["calls"], top["p95_ms"], strict=True)
     notes = [f"{calls:,} calls, p95 {p95:.1f} ms" for calls, p95 in pairs]
-    ax.bar_label(bars, labels=notes, padding=3, fontsize=8)
+    ax = _ranked_bars(fig, list(top["fingerprint"]), list(top["total_ms"]), notes)
     ax.set_xlabel("total time (ms)")
     ax.set_title(title)
     ax.margins(x=0.35)
-    ax.tick_params(axis="y", labelsize=8)
     return fig
 
 
@@ -158,15 +160,8 @@ def plot_cache(ratios: pd.DataFrame, *, key: str = "table") -> Figure:
     fig = _figure(height=max(2.5, 0.45 * len(ratios) + 1.2))
     if ratios.empty:
         return _empty(fig, "result-cache lookups")
-    ax = fig.subplots()
-    ordered = ratios.iloc[::-1]
-    positions = list(range(len(ordered)))
-    bars = ax.barh(positions, ordered["hit_ratio"])
-    ranks = range(len(ordered), 0, -1)
-    ax.set_yticks(
-        positions, [f"{r}. {_label(k)}" for r, k in zip(ranks, ordered[key], strict=True)]
-    )
-    ax.bar_label(bars, labels=[f"{n:,} lookups" for n in ordered["lookups"]], padding=3)
+    notes = [f"{n:,} lookups" for n in ratios["lookups"]]
+    ax = _ranked_bars(fig, list(ratios[key]), list(ratios["hit_ratio"]), notes)
     ax.set_xlim(0, 1.3)
     ax.set_xlabel("hit ratio")
     ax.set_title(f"Result cache hit ratio per {key}")
