@@ -1,5 +1,6 @@
 # The two commands that do everything on a fresh machine:
-#   make demo   - run the sqlperf demo (SQLite by default; DEMO_ARGS="--url ..." for another database)
+#   make demo   - run the sqlperf demo (SQLite by default; DEMO_ARGS="--url ..." for another database);
+#                 its log, HTML report and executed notebooks go to sqlperf-demo-out/
 #   make test   - ruff, mypy and the whole pytest suite
 PYTHON ?= python3
 VENV   := .venv
