@@ -498,8 +498,6 @@ class RoutingSession(Session):
         if self._flushing or self._declared_write:
             self._note_write()
             return self._to_primary(write=True)
-        if route == "primary" or self._force_primary:
-            return self._to_primary(write=False)
         if clause is None or (
             route != "replica"
             and (
@@ -509,8 +507,11 @@ class RoutingSession(Session):
             )
         ):
             # session.connection() with no statement may run anything: the primary.
+            # A write inside using_primary() is a write too: its commit gives a token.
             self._note_write()
             return self._to_primary(write=True)
+        if route == "primary" or self._force_primary:
+            return self._to_primary(write=False)
         if self._wrote and route != "replica":
             return self._to_primary(write=False)
         if self._fast and self._waiting is None:

@@ -161,6 +161,17 @@ def test_explicit_routes(pg: Cluster):
         assert s.scalar(PORT, execution_options={"sqlperf_route": "replica"}) == 5433
 
 
+def test_a_write_inside_using_primary_is_a_write(pg: Cluster):
+    """Its commit gives a read-your-writes token, and the session's reads stay on the primary."""
+    Session = sessionmaker(class_=RoutingSession, primary=pg.primary, replicas=[pg.replica])
+    with Session() as s:
+        with s.using_primary():
+            s.execute(text(f"DELETE FROM {pg.table} WHERE id = -1"))
+        assert s.scalar(PORT) == 5432  # sticky after the write, like any other
+        s.commit()
+        assert s.consistency_token() is not None
+
+
 def test_read_your_writes_while_replay_is_paused(pg: Cluster):
     Session = sessionmaker(class_=RoutingSession, primary=pg.primary, replicas=[pg.replica])
     Item = pg.model
