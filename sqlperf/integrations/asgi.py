@@ -1,0 +1,195 @@
+"""sqlperf in a FastAPI or Starlette app: ``app.add_middleware(SqlperfMiddleware, ...)``.
+
+:class:`SqlperfMiddleware` is a plain ASGI middleware (no ``BaseHTTPMiddleware``):
+for each ``http`` request it opens the recorder's scope before the application
+runs, so that sync endpoints and dependencies, which FastAPI runs in a thread pool
+with a copy of the context, count in it too. At the start of the response it adds
+``X-Request-ID``, ``Server-Timing`` and, when the request's session committed a
+write, the new read-your-writes token (header and cookie). ``lifespan`` and
+``websocket`` scopes pass through untouched.
+
+:func:`routing_session` is the FastAPI dependency that hands an endpoint the
+request's :class:`~sqlperf.RoutingSession`::
+
+    app = FastAPI()
+    app.add_middleware(SqlperfMiddleware, primary=primary, replicas=[replica], recorder=recorder)
+
+    @app.get("/items/{item_id}")
+    def read_item(item_id: int, session: RoutingSession = Depends(routing_session)):
+        return {"name": session.get(Item, item_id).name}
+
+In plain Starlette, use it as a context manager:
+``with contextlib.contextmanager(routing_session)(request) as session: ...``.
+
+See ``docs/integrations.md``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+try:
+    import anyio
+    from starlette.datastructures import MutableHeaders
+    from starlette.requests import Request
+    from starlette.types import ASGIApp, Message, Receive, Send
+    from starlette.types import Scope as ASGIScope
+except ImportError as err:  # pragma: no cover - exercised only without the extra
+    from sqlperf.exceptions import MissingDependency
+
+    raise MissingDependency(
+        "starlette", extra="fastapi", purpose="sqlperf.integrations.asgi"
+    ) from err
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import sessionmaker
+
+from sqlperf.capture.recorder import QueryRecorder
+from sqlperf.exceptions import ConfigurationError
+from sqlperf.integrations._request import (
+    REQUEST_ID_HEADER,
+    Integration,
+    RequestState,
+)
+from sqlperf.routing import RoutingSession
+
+__all__ = ["SqlperfMiddleware", "routing_session"]
+
+#: Where the middleware leaves the request's state: ``scope["state"][STATE_KEY]``
+#: (``request.state.sqlperf_request`` in Starlette).
+STATE_KEY = "sqlperf_request"
+
+
+class SqlperfMiddleware:
+    """ASGI middleware: request ids, N+1 warnings, ``Server-Timing``, read-your-writes.
+
+    Args:
+        app: the ASGI application it wraps (``add_middleware`` passes it).
+        primary: the engine that takes writes.
+        replicas: engines serving reads (see :class:`~sqlperf.RoutingSession`).
+        recorder: a :class:`~sqlperf.capture.QueryRecorder` attached to the engines;
+            without one there is no scope, no N+1 report and no ``Server-Timing``
+            (request ids and tokens still work).
+        session_options: more ``RoutingSession`` arguments (``mode``, ``max_lag``,
+            ``class_`` for a subclass, any ``Session`` option).
+        token_header: the header that carries the consistency token, in and out.
+        token_cookie: the cookie that carries it.
+        token_max_age: the cookie's ``Max-Age`` in seconds.
+
+    Attributes:
+        sessionmaker: the factory of the request sessions.
+
+    Raises:
+        ConfigurationError: a bad option (when Starlette builds the middleware stack).
+
+    Example::
+
+        app.add_middleware(SqlperfMiddleware, primary=primary, replicas=[replica],
+                           recorder=recorder)
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        primary: Engine,
+        replicas: Sequence[Engine] = (),
+        recorder: QueryRecorder | None = None,
+        session_options: Mapping[str, Any] | None = None,
+        token_header: str = "X-Sqlperf-Token",
+        token_cookie: str = "sqlperf_token",
+        token_max_age: int = 300,
+    ) -> None:
+        self.app = app
+        self._integration = Integration(
+            primary, replicas, recorder, session_options, token_header, token_cookie, token_max_age
+        )
+        self.sessionmaker: sessionmaker[RoutingSession] = self._integration.sessionmaker
+        self._wanted = {
+            REQUEST_ID_HEADER.lower().encode(): "request_id",
+            token_header.lower().encode(): "token_header",
+            b"cookie": "cookie_header",
+        }
+
+    def __repr__(self) -> str:
+        return f"SqlperfMiddleware({self._integration!r})"
+
+    async def __call__(self, scope: ASGIScope, receive: Receive, send: Send) -> None:
+        """Handle one ASGI connection; only ``http`` scopes are looked at."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        found: dict[str, str] = {}
+        for raw_name, raw_value in scope["headers"]:
+            key = self._wanted.get(raw_name.lower())
+            if key is None:
+                continue
+            value = raw_value.decode("latin-1")
+            if key not in found:
+                found[key] = value
+            elif key == "cookie_header":  # HTTP/2 may split cookies over several lines
+                found[key] += "; " + value
+        state = self._integration.begin(**found, secure=scope.get("scheme") in ("https", "wss"))
+        # A state dict of the request's own: the server's may be shared lifespan state.
+        scope = {**scope, "state": {**scope.get("state", {}), STATE_KEY: state}}
+        state.open_scope(endpoint=scope["path"], method=scope["method"])
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = await _add_headers(state, message)
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_headers)
+        finally:
+            with anyio.CancelScope(shield=True):
+                if state.has_sessions:  # a session closing rolls back: a round trip
+                    await anyio.to_thread.run_sync(state.close_sessions)
+            state.finish()  # here, in the context that opened the scope
+
+
+async def _add_headers(state: RequestState, message: Message) -> Message:
+    """``message`` (an ``http.response.start``) with the request's headers added."""
+    if state.token_needs_io:
+        # A session ended a transaction: if it wrote, its token needs the commit's
+        # WAL position from the primary. Not on the event loop.
+        token = await anyio.to_thread.run_sync(state.outgoing_token)
+    else:
+        token = state.outgoing_token()  # in memory
+    message = {**message, "headers": list(message.get("headers", ()))}
+    headers = MutableHeaders(scope=message)
+    state.write_headers(headers, token, add=headers.append)
+    return message
+
+
+def routing_session(request: Request) -> Iterator[RoutingSession]:
+    """FastAPI dependency: the request's :class:`~sqlperf.RoutingSession`.
+
+    ``session: RoutingSession = Depends(routing_session)``. Its reads see the
+    commit named by the request's token; it is closed after the endpoint
+    (uncommitted work is rolled back), and a commit that wrote makes the response
+    carry the new token. FastAPI caches it per request: every dependency of one
+    request gets the same session.
+
+    Raises:
+        ConfigurationError: the app has no :class:`SqlperfMiddleware`.
+
+    Example::
+
+        @app.post("/items")
+        def add_item(name: str, session: RoutingSession = Depends(routing_session)):
+            session.add(Item(name=name))
+            session.commit()
+    """
+    state = request.scope.get("state", {}).get(STATE_KEY)
+    if not isinstance(state, RequestState):
+        raise ConfigurationError(
+            "routing_session needs SqlperfMiddleware: "
+            "app.add_middleware(SqlperfMiddleware, primary=engine, ...)"
+        )
+    session = state.open_session()
+    try:
+        yield session
+    finally:
+        state.close_session(session)

@@ -1,0 +1,371 @@
+"""sqlperf.integrations.asgi in a FastAPI app against the real primary, replica and Redis.
+
+The harness (recorder, statement counter, Server-Timing parser, Redis cache) is the
+one of ``test_integrations_flask.py``; the cluster and the replay pause are those of
+``test_routing.py``. Every behaviour is checked through ``def`` and ``async def``
+endpoints: FastAPI runs the first, and the sync ``routing_session`` dependency, in a
+thread pool with a copy of the context, and closes the session only after the
+response has been sent.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import warnings
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+import pytest
+from fastapi import Depends, FastAPI, Response, WebSocket
+from pydantic import BaseModel
+from sqlalchemy import Engine, select, text
+from starlette.exceptions import StarletteDeprecationWarning
+
+from sqlperf import ConfigurationError, QueryCache, RoutingSession, cached
+from sqlperf.capture import QueryRecorder
+from sqlperf.integrations.asgi import SqlperfMiddleware, routing_session
+from tests.test_integrations_flask import (
+    PORT,
+    TOKEN,
+    counting,
+    parse_timing,
+    query_cache,  # noqa: F401 - a fixture
+    recorder,  # noqa: F401 - a fixture
+    records_of,
+    timed,
+)
+from tests.test_routing import Cluster, _paused, _resume, pg  # noqa: F401 - pg is a fixture
+
+with warnings.catch_warnings():
+    # Starlette 1.x prefers httpx2 for its TestClient; httpx is what the project installs.
+    warnings.simplefilter("ignore", StarletteDeprecationWarning)
+    from starlette.testclient import TestClient
+
+SessionDep = Annotated[RoutingSession, Depends(routing_session)]
+EarlySessionDep = Annotated[RoutingSession, Depends(routing_session, scope="function")]
+
+
+class NewItem(BaseModel):
+    id: int
+    name: str
+
+
+# -- the app: each route as a sync and an async endpoint ----------------------------------
+
+
+def make_app(
+    pg: Cluster,  # noqa: F811
+    recorder: QueryRecorder | None,  # noqa: F811
+    **options: Any,
+) -> FastAPI:
+    app = FastAPI()
+    app.add_middleware(
+        SqlperfMiddleware,
+        primary=pg.primary,
+        replicas=[pg.replica],
+        recorder=recorder,
+        **options,
+    )
+    Item: Any = pg.model
+    table = Item.__table__
+
+    def read(session: RoutingSession, item_id: int) -> dict[str, Any]:
+        name = session.scalar(select(Item.name).where(Item.id == item_id))
+        return {"name": name, "port": session.scalar(PORT)}
+
+    def add(session: RoutingSession, item: NewItem) -> dict[str, Any]:
+        session.add(Item(id=item.id, name=item.name))
+        session.commit()
+        return {"id": item.id}
+
+    def loop(session: RoutingSession, n: int) -> dict[str, Any]:
+        names = [session.scalar(select(Item.name).where(Item.id == i)) for i in range(n)]
+        return {"n": len(names)}
+
+    @app.get("/sync/items/{item_id}")
+    def read_sync(item_id: int, session: SessionDep) -> dict[str, Any]:
+        return read(session, item_id)
+
+    @app.get("/async/items/{item_id}")
+    async def read_async(item_id: int, session: SessionDep) -> dict[str, Any]:
+        return read(session, item_id)
+
+    @app.post("/sync/items", status_code=201)
+    def add_sync(item: NewItem, session: SessionDep) -> dict[str, Any]:
+        return add(session, item)
+
+    @app.post("/async/items", status_code=201)
+    async def add_async(item: NewItem, session: SessionDep) -> dict[str, Any]:
+        return add(session, item)
+
+    @app.post("/early/items", status_code=201)  # the session closes before the response
+    def add_early(item: NewItem, session: EarlySessionDep) -> dict[str, Any]:
+        return add(session, item)
+
+    @app.get("/sync/loop/{n}")
+    def loop_sync(n: int, session: SessionDep) -> dict[str, Any]:
+        return loop(session, n)
+
+    @app.get("/async/loop/{n}")
+    async def loop_async(n: int, session: SessionDep) -> dict[str, Any]:
+        return loop(session, n)
+
+    @app.get("/cached")
+    def cached_read(session: SessionDep) -> dict[str, Any]:
+        stmt = select(table.c.name).where(table.c.id == 1).options(cached())
+        return {"names": session.scalars(stmt).all()}
+
+    @app.get("/own-timing")
+    async def own_timing(response: Response, session: SessionDep) -> str:
+        session.scalar(PORT)
+        response.headers["Server-Timing"] = 'app;dur=1.5;desc="render"'
+        return "ok"
+
+    @app.websocket("/ws")
+    async def echo(websocket: WebSocket) -> None:
+        await websocket.accept()
+        await websocket.send_text(await websocket.receive_text())
+        await websocket.close()
+
+    return app
+
+
+@pytest.fixture
+def client_for() -> Iterator[Callable[[FastAPI], TestClient]]:
+    """TestClients (lifespan started) that are all closed at teardown."""
+    opened: list[TestClient] = []
+
+    def make(app: FastAPI) -> TestClient:
+        client = TestClient(app)
+        client.__enter__()
+        opened.append(client)
+        return client
+
+    yield make
+    for client in opened:
+        client.__exit__(None, None, None)
+
+
+KINDS = ["sync", "async"]
+
+
+# -- request ids ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_request_id_reaches_the_records_and_is_echoed(
+    pg: Cluster,  # noqa: F811
+    recorder: QueryRecorder,  # noqa: F811
+    client_for: Callable[[FastAPI], TestClient],
+    kind: str,
+):
+    client = client_for(make_app(pg, recorder))
+    with counting(pg.primary, pg.replica) as seen:
+        response = client.get(f"/{kind}/items/1", headers={"X-Request-ID": f"abc-{kind}"})
+    assert response.status_code == 200
+    assert response.headers["X-Request-ID"] == f"abc-{kind}"
+    slow = records_of(recorder, f"abc-{kind}", "slow")
+    assert len(slow) == len(seen) >= 2
+    assert json.loads(slow[0].tags or "{}") == {"endpoint": f"/{kind}/items/1", "method": "GET"}
+    # Without the header: a new id, echoed, on the records.
+    generated = client.get(f"/{kind}/items/1").headers["X-Request-ID"]
+    assert re.fullmatch(r"[0-9a-f]{32}", generated)
+    assert records_of(recorder, generated, "slow")
+
+
+# -- Server-Timing ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("GET", "/sync/items/1", None),
+        ("GET", "/async/items/1", None),
+        ("GET", "/sync/loop/3", None),
+        ("GET", "/async/loop/3", None),
+        ("POST", "/sync/items", {"id": 7, "name": "seven"}),  # the token's LSN query counts
+        ("POST", "/async/items", {"id": 8, "name": "eight"}),
+        ("POST", "/early/items", {"id": 9, "name": "nine"}),
+    ],
+)
+def test_server_timing_counts_the_requests_statements(  # noqa: PLR0917 - fixtures, parameters
+    pg: Cluster,  # noqa: F811
+    recorder: QueryRecorder,  # noqa: F811
+    client_for: Callable[[FastAPI], TestClient],
+    method: str,
+    path: str,
+    body: dict[str, Any] | None,
+):
+    client = client_for(make_app(pg, recorder))
+    with counting(pg.primary, pg.replica) as seen:
+        response, wall_ms = timed(lambda: client.request(method, path, json=body))
+    assert response.status_code in (200, 201)
+    timing = parse_timing(response.headers.get("Server-Timing"))
+    assert timing.queries == len(seen) > 0, seen
+    assert 0 < timing.dur_ms <= wall_ms
+    assert timing.hits == 0
+
+
+def test_server_timing_is_appended_to_the_apps_own(
+    pg: Cluster,  # noqa: F811
+    recorder: QueryRecorder,  # noqa: F811
+    client_for: Callable[[FastAPI], TestClient],
+):
+    response = client_for(make_app(pg, recorder)).get("/own-timing")
+    header = response.headers["Server-Timing"]
+    assert header.startswith('app;dur=1.5;desc="render", db;dur=')
+    assert parse_timing(header).queries >= 1
+    assert len(response.headers.get_list("Server-Timing")) == 1
+
+
+def test_server_timing_counts_result_cache_hits(
+    pg: Cluster,  # noqa: F811
+    recorder: QueryRecorder,  # noqa: F811
+    query_cache: QueryCache,  # noqa: F811
+    client_for: Callable[[FastAPI], TestClient],
+):
+    class CachedSession(RoutingSession):
+        pass
+
+    query_cache.install(CachedSession)
+    client = client_for(make_app(pg, recorder, session_options={"class_": CachedSession}))
+    first = parse_timing(client.get("/cached").headers.get("Server-Timing"))
+    with counting(pg.primary, pg.replica) as seen:
+        second = parse_timing(client.get("/cached").headers.get("Server-Timing"))
+    assert first.hits == 0
+    assert second.hits == 1
+    assert second.queries == len(seen)
+    assert query_cache.stats().hits == 1
+
+
+# -- read-your-writes -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("write", "read"),
+    [("sync", "sync"), ("async", "async"), ("early", "sync"), ("sync", "async")],
+)
+def test_read_your_writes_across_requests_while_replay_is_paused(
+    pg: Cluster,  # noqa: F811
+    recorder: QueryRecorder,  # noqa: F811
+    client_for: Callable[[FastAPI], TestClient],
+    write: str,
+    read: str,
+):
+    app = make_app(pg, recorder)
+    writer = client_for(app)
+    assert writer.get(f"/{read}/items/10").json() == {"name": None, "port": 5433}  # warm
+    _paused(pg.replica)
+    try:
+        posted = writer.post(f"/{write}/items", json={"id": 10, "name": "fresh"})
+        assert posted.status_code == 201
+        token = posted.headers["X-Sqlperf-Token"]
+        assert TOKEN.fullmatch(token)
+        assert posted.headers.get_list("Set-Cookie") == [
+            f"sqlperf_token={token}; Max-Age=300; Path=/; HttpOnly; SameSite=Lax"
+        ]
+        assert writer.cookies.get("sqlperf_token") == token
+        # The same client (its cookie): the new row, from the primary (the replica is paused).
+        again = writer.get(f"/{read}/items/10")
+        assert again.json() == {"name": "fresh", "port": 5432}
+        assert "Set-Cookie" not in again.headers  # no write: nothing new to send
+        # Another client without the cookie reads the paused replica: the token is what matters.
+        other = client_for(app)
+        assert other.get(f"/{read}/items/10").json() == {"name": None, "port": 5433}
+        with_header = other.get(f"/{read}/items/10", headers={"X-Sqlperf-Token": token})
+        assert with_header.json() == {"name": "fresh", "port": 5432}
+        # A broken token is ignored, not an error.
+        broken = client_for(app)
+        broken.cookies.set("sqlperf_token", "v1:nonsense")
+        response = broken.get(f"/{read}/items/10", headers={"X-Sqlperf-Token": "garbage"})
+        assert response.status_code == 200
+        assert response.json() == {"name": None, "port": 5433}
+    finally:
+        _resume(pg.replica)
+
+
+# -- N+1 --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_n_plus_one_is_recorded_and_logged(
+    pg: Cluster,  # noqa: F811
+    recorder: QueryRecorder,  # noqa: F811
+    client_for: Callable[[FastAPI], TestClient],
+    caplog: pytest.LogCaptureFixture,
+    kind: str,
+):
+    client = client_for(make_app(pg, recorder))
+    caplog.set_level(logging.WARNING, logger="sqlperf.integrations")
+    response = client.get(f"/{kind}/loop/6", headers={"X-Request-ID": f"n1-{kind}"})
+    assert response.status_code == 200
+    (suspect,) = records_of(recorder, f"n1-{kind}", "n_plus_one")
+    assert suspect.count == 6
+    assert suspect.call_site is not None
+    assert "test_integrations_asgi.py" in suspect.call_site
+    logged = [r for r in caplog.records if r.name == "sqlperf.integrations"]
+    assert len(logged) == 1
+    assert logged[0].levelno == logging.WARNING
+    message = logged[0].getMessage()
+    for part in (f"n1-{kind}", suspect.fingerprint, suspect.call_site, "6 times"):
+        assert part in message
+
+
+# -- without servers --------------------------------------------------------------------
+
+
+def test_without_a_recorder_lifespan_websockets_and_misuse(
+    sqlite_file_url: str,
+    make_engine: Callable[..., Engine],
+    client_for: Callable[[FastAPI], TestClient],
+    caplog: pytest.LogCaptureFixture,
+):
+    engine = make_engine(sqlite_file_url)
+    started: list[bool] = []
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        started.append(True)
+        yield
+
+    app = FastAPI(lifespan=lifespan)
+    app.add_middleware(SqlperfMiddleware, primary=engine)
+
+    @app.get("/")
+    def index(session: SessionDep) -> int:
+        return int(session.scalar(text("SELECT 1")))
+
+    @app.websocket("/ws")
+    async def echo(websocket: WebSocket) -> None:
+        await websocket.accept()
+        await websocket.send_text(await websocket.receive_text())
+        await websocket.close()
+
+    caplog.set_level(logging.DEBUG, logger="sqlperf.integrations")
+    client = client_for(app)
+    assert started == [True]  # the lifespan scope went through
+    response = client.get("/", headers={"X-Request-ID": "r-1", "X-Sqlperf-Token": "v1:x:y"})
+    assert response.json() == 1
+    assert response.headers["X-Request-ID"] == "r-1"
+    assert "Server-Timing" not in response.headers  # no recorder: no figures
+    assert "Set-Cookie" not in response.headers
+    assert [r.getMessage() for r in caplog.records if r.name == "sqlperf.integrations"] == [
+        "ignoring an invalid consistency token in the header: 'v1:x:y'"
+    ]
+    with client.websocket_connect("/ws") as ws:
+        ws.send_text("hi")
+        assert ws.receive_text() == "hi"
+
+    bare = FastAPI()  # the dependency without the middleware
+
+    @bare.get("/")
+    def no_middleware(session: SessionDep) -> str:
+        return "unreachable"
+
+    with pytest.raises(ConfigurationError, match="needs SqlperfMiddleware"):
+        client_for(bare).get("/")
+    with pytest.raises(ConfigurationError, match="token_header"):
+        SqlperfMiddleware(app, primary=engine, token_header="")
