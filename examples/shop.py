@@ -633,6 +633,9 @@ class Shop:
             if self.cache is not None:
                 self.cache.install(session_class)
         self.recorder = make_recorder(settings, [self.primary, *self.replicas])
+        if self.recorder is not None and self.cache is not None:
+            # Hits answered in the session count in the request's Server-Timing too.
+            self.recorder.count_cache_hits(self.cache)
         self._detail = _DETAIL.options(cached()) if self.cache is not None else _DETAIL
 
     def __repr__(self) -> str:

@@ -171,7 +171,7 @@ class SessionHook:
             except Fallback:
                 pass
             else:
-                cache._count_hit(len(look.value))
+                cache._count_session_hit(len(look.value))
                 return result
         state.update_execution_options(**{ORM_LOOKUP: (key, tables, look)})
         return None

@@ -239,6 +239,7 @@ class QueryCache:
         self._marks = None if getattr(backend, "is_local", False) else MarkClearer(self._clear)
         self._attach_lock = threading.Lock()
         self._orm = SessionHook(self)
+        self._session_hit_observers: tuple[Callable[[], None], ...] = ()
 
     # -- engines ------------------------------------------------------------------------
 
@@ -575,6 +576,33 @@ class QueryCache:
 
     def _prefixed(self, tables: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(self.namespace + t for t in tables) if self.namespace else tables
+
+    def observe_session_hits(self, observer: Callable[[], None]) -> Callable[[], None]:
+        """Call ``observer()`` on each hit answered in the session, before any connection.
+
+        Those hits (plain ORM selects, see ``docs/cache.md``) reach no engine
+        event, so a :class:`~sqlperf.capture.QueryRecorder` attached to the
+        engines cannot see them; :meth:`QueryRecorder.count_cache_hits` uses this.
+        Hits answered at the cursor are not reported here (the recorder sees them).
+
+        Returns:
+            A function that stops the observation.
+        """
+        with self._attach_lock:
+            self._session_hit_observers = (*self._session_hit_observers, observer)
+
+        def stop() -> None:
+            with self._attach_lock:
+                self._session_hit_observers = tuple(
+                    o for o in self._session_hit_observers if o is not observer
+                )
+
+        return stop
+
+    def _count_session_hit(self, size: int) -> None:
+        self._count_hit(size)
+        for observer in self._session_hit_observers:
+            observer()
 
     def _count_hit(self, size: int) -> None:
         with self._counters.lock:

@@ -47,7 +47,7 @@ from sqlalchemy import Connection, Engine, event
 from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.engine.interfaces import CacheStats as CompiledCacheStats
 
-from sqlperf.cache.query_cache import _OUTCOME_ATTR, cache_outcome
+from sqlperf.cache.query_cache import _OUTCOME_ATTR, QueryCache, cache_outcome
 from sqlperf.capture.callsite import CallSiteFinder
 from sqlperf.capture.explain import explain_plan
 from sqlperf.capture.fingerprint import Fingerprint, FingerprintCache
@@ -586,6 +586,32 @@ class QueryRecorder:
         finally:
             self._scope.reset(token)
             self._close_scope(current)
+
+    def count_cache_hits(self, cache: QueryCache) -> Callable[[], None]:
+        """Count in the current scope the hits ``cache`` answers before any connection.
+
+        A result-cache hit on a plain ORM select is answered in the session and
+        reaches no engine event; with this, it still counts in ``scope.cache_hits``
+        (and so in the integrations' ``Server-Timing``). Hits answered at the
+        cursor are counted without it.
+
+        Returns:
+            A function that stops the counting.
+
+        Example::
+
+            recorder.count_cache_hits(cache)
+            with recorder.scope() as scope:
+                session.get(Order, 1)  # a hit
+            assert scope.cache_hits == 1
+        """
+
+        def hit() -> None:
+            scope = self._scope.get()
+            if scope is not None:
+                scope.cache_hits += 1
+
+        return cache.observe_session_hits(hit)
 
     def current_scope(self) -> Scope | None:
         """The scope of the calling context, if any."""
