@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import json
-import math
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 
 from sqlperf.analysis.log import LogSource, QueryLog
 from sqlperf.analysis.summary import fingerprint_table
@@ -126,11 +125,10 @@ def render_diff(diff: pd.DataFrame, *, fmt: str = "text", top: int = 20) -> str:
             of totals), or ``"json"`` (every row).
         top: rows shown in text and Markdown.
     """
-    from sqlperf.analysis.report import frame_markdown
+    from sqlperf.analysis.report import frame_markdown, records
 
     if fmt == "json":
-        rows = [{k: _plain(v) for k, v in row.items()} for row in diff.to_dict(orient="records")]
-        return json.dumps(rows, indent=2) + "\n"
+        return json.dumps(records(diff), indent=2) + "\n"
     before = float(diff["total_ms_before"].sum()) if not diff.empty else 0.0
     after = float(diff["total_ms_after"].sum()) if not diff.empty else 0.0
     counts: dict[str, int] = (
@@ -143,9 +141,3 @@ def render_diff(diff: pd.DataFrame, *, fmt: str = "text", top: int = 20) -> str:
     )
     table = frame_markdown(diff.head(top), _SHOWN)
     return f"{summary}\n\n{table}\n"
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    return value.item() if hasattr(value, "item") else value

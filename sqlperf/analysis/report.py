@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import html
 import json
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
@@ -28,6 +27,7 @@ from sqlperf.analysis.log import LogSource, QueryLog, load_log
 from sqlperf.analysis.summary import (
     Totals,
     latency_histograms,
+    rows_of,
     slowest_queries,
     timeline,
     top_fingerprints,
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     import pandas as pd
     from rich.console import Console
 
-__all__ = ["Report", "build_report", "frame_markdown"]
+__all__ = ["Report", "build_report", "frame_markdown", "records"]
 
 #: Sections of the report: attribute, title, columns shown in text and Markdown.
 _SECTIONS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
@@ -120,7 +120,7 @@ class Report:
             "pool",
             "timeline",
         ):
-            payload[name] = _records(getattr(self, name))
+            payload[name] = records(getattr(self, name))
         return json.dumps(payload, indent=2, default=_json_default, allow_nan=False)
 
     def to_markdown(self) -> str:
@@ -219,7 +219,7 @@ def build_report(source: LogSource | QueryLog, *, top: int = 10) -> Report:
         top: how many fingerprints and slow statements to list.
     """
     log = load_log(source)
-    top_rows = top_fingerprints(log, n=top) if not log.stats.empty else _empty_top(log)
+    top_rows = top_fingerprints(log, n=top)
     return Report(
         source=log.source,
         totals=totals(log),
@@ -236,18 +236,12 @@ def build_report(source: LogSource | QueryLog, *, top: int = 10) -> Report:
     )
 
 
-def _empty_top(log: QueryLog) -> pd.DataFrame:
-    from sqlperf.analysis.summary import fingerprint_table
-
-    return fingerprint_table(log)
-
-
 # -- cells ------------------------------------------------------------------------------
 
 
 def _cell(value: Any, column: str) -> str:
     """A value as text for a table: ratios as percentages, times to 0.01 ms."""
-    if value is None or (isinstance(value, float) and math.isnan(value)) or _is_missing(value):
+    if _is_missing(value):
         text = ""
     elif column in ("share", "share_time", "share_calls", "hit_ratio"):
         text = f"{float(value):.0%}"
@@ -304,11 +298,9 @@ def _frame_html(frame: pd.DataFrame, columns: Sequence[str]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
 
 
-def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
-    out = []
-    for row in frame.to_dict(orient="records"):
-        out.append({str(k): _plain(v) for k, v in row.items()})
-    return out
+def records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """The rows of ``frame`` as JSON-ready dicts (missing values ``None``, times ISO 8601)."""
+    return [{str(k): _plain(v) for k, v in row.items()} for row in rows_of(frame)]
 
 
 def _plain(value: Any) -> Any:

@@ -87,12 +87,6 @@ def rows_of(frame: pd.DataFrame) -> list[dict[str, Any]]:
     return cast("list[dict[str, Any]]", frame.to_dict(orient="records"))
 
 
-def _pandas() -> Any:
-    from sqlperf.capture.log import _pandas as load
-
-    return load()
-
-
 def fingerprint_table(source: LogSource | QueryLog) -> pd.DataFrame:
     """Every fingerprint of the log's statistics, across windows, engines and routes.
 

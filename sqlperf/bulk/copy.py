@@ -268,15 +268,17 @@ _RAW: dict[type, tuple[_Converter, bool]] = {
 }
 
 
-def _raw_for(kind: type) -> tuple[_Converter, bool] | None:
-    """The raw converter for values of ``kind``: its own, or its nearest base's."""
-    found = _RAW.get(kind)
+def _raw_for(
+    kind: type, table: Mapping[type, tuple[_Converter, bool]] = _RAW
+) -> tuple[_Converter, bool] | None:
+    """The raw converter in ``table`` for values of ``kind``: its own, or its nearest base's."""
+    found = table.get(kind)
     if found is not None:
         return found
     if kind.__name__ == "NaTType":  # pandas' NaT is a datetime but has no date
         return None
     for base in kind.__mro__[1:]:
-        found = _RAW.get(base)
+        found = table.get(base)
         if found is not None:
             return found
     return None

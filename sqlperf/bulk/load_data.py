@@ -94,6 +94,7 @@ from sqlperf.bulk.copy import (
     _Column,
     _Converter,
     _NoneType,
+    _raw_for,
     _raw_int,
     _raw_str,
     _type_name,
@@ -432,20 +433,6 @@ _RAW: dict[type, tuple[_Converter, bool]] = {
 }
 
 
-def _raw_for(kind: type) -> tuple[_Converter, bool] | None:
-    """The raw converter for values of ``kind``: its own, or its nearest base's."""
-    found = _RAW.get(kind)
-    if found is not None:
-        return found
-    if kind.__name__ == "NaTType":  # pandas' NaT is a datetime but has no date
-        return None
-    for base in kind.__mro__[1:]:
-        found = _RAW.get(base)
-        if found is not None:
-            return found
-    return None
-
-
 def _is_unstorable(value: Any) -> bool:
     if isinstance(value, float):
         return not math.isfinite(value)
@@ -499,7 +486,7 @@ class _LoadColumn(_Column):
 
     def _converter(self, kind: type, cells: Sequence[Any], offset: int) -> _Converter:
         """An escaped converter for non-None values of ``kind`` in this column."""
-        found = _raw_for(kind)
+        found = _raw_for(kind, _RAW)
         if found is None or self.binary != issubclass(kind, _BYTES_TYPES):
             self._refuse(kind, cells, offset)
         convert, needs_escape = found
