@@ -234,6 +234,48 @@ def test_lazy_loads_of_cached_objects_are_cached(shop: Shop):
     assert shop.cache.stats().hits == 2  # the user and its orders' lazy load
 
 
+def test_table_column_selects_hit_without_a_connection_and_match_the_query(shop: Shop):
+    """Selects of ``Table`` columns and expressions (no entity) run by a session take the
+    fast path: a hit opens no connection and runs no statement, and its keys, rows and
+    value types are those of the query itself."""
+    users, orders = shop.User.__table__, shop.Order.__table__
+    statements = [
+        select(users.c.name).where(users.c.id == 1),
+        # two columns named "id": the keys stay the query's
+        select(users.c.id, orders.c.id, orders.c.total)
+        .join_from(users, orders)
+        .order_by(orders.c.id),
+        # labels, aggregates (PostgreSQL's SUM is a Decimal), an outer join's NULLs
+        select(
+            users.c.name.label("who"),
+            func.count(orders.c.id).label("n"),
+            func.sum(orders.c.total).label("spent"),
+        )
+        .join_from(users, orders, isouter=True)
+        .group_by(users.c.name)
+        .order_by(users.c.name),
+    ]
+
+    def run(s: Session, stmt: Any) -> tuple[list[str], list[tuple[Any, ...]], list[str]]:
+        result = s.execute(stmt)
+        rows = [tuple(r) for r in result]
+        return list(result.keys()), rows, [type(v).__name__ for row in rows for v in row]
+
+    with shop.Session() as s:
+        expected = [run(s, stmt) for stmt in statements]
+    assert expected[2][1][1][1:] == (0, None)  # bob: no orders
+    with shop.Session() as s:
+        assert [run(s, stmt.options(cached())) for stmt in statements] == expected  # fills
+    statements_run: list[str] = []
+    event.listen(shop.engine, "before_cursor_execute", lambda *a: statements_run.append(a[2]))
+    with shop.Session() as s:
+        assert [run(s, stmt.options(cached())) for stmt in statements] == expected
+        assert s.get_transaction() is None  # no connection was opened
+    assert statements_run == []
+    stats = shop.cache.stats()
+    assert (stats.misses, stats.hits) == (3, 3)
+
+
 def test_cache_all_and_no_cache(shop: Shop):
     user = shop.User
     shop.cache.cache_all = True

@@ -231,15 +231,20 @@ def test_server_timing_counts_result_cache_hits(
     recorder: QueryRecorder,
     query_cache: QueryCache,
 ):
-    app, ext = make_app(pg, recorder)
-    query_cache.install(ext.sessionmaker)
+    app, ext = make_app(pg, recorder, cache=query_cache)
     client = app.test_client()
     first = parse_timing(client.get("/cached").headers.get("Server-Timing"))
     with counting(pg.primary, pg.replica) as seen:
         second = parse_timing(client.get("/cached").headers.get("Server-Timing"))
-    assert first.hits == 0
-    assert second.hits == 1
-    assert second.queries == len(seen)  # a hit is answered at the DB-API step: still counted
+    assert (first.queries, first.hits) == (1, 0)
+    # Answered in the session, before any connection: no statement, one hit.
+    assert (second.queries, second.hits) == (len(seen), 1) == (0, 1)
+    assert query_cache.stats().hits == 1
+    ext.close()  # uninstalled: the session runs the query (the engine's entry is its own)
+    with counting(pg.primary, pg.replica) as seen:
+        third = parse_timing(client.get("/cached").headers.get("Server-Timing"))
+    assert (third.queries, third.hits) == (len(seen), 0)
+    assert any(pg.table in sql for sql in seen)
     assert query_cache.stats().hits == 1
 
 
@@ -374,6 +379,8 @@ def test_session_outside_a_request_and_bad_options(
         Sqlperf(primary=sqlite_memory_url)  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError, match="RoutingSession subclass"):
         Sqlperf(primary=engine, session_options={"class_": dict})
+    with pytest.raises(ConfigurationError, match="cache must be a QueryCache"):
+        Sqlperf(primary=engine, cache=object())  # type: ignore[arg-type]
 
 
 def test_app_factory_and_the_session_lifecycle(sqlite_file_url: str, make_engine: Any):

@@ -107,8 +107,12 @@ class SessionHook:
         ):
             return None
         bind = getattr(session, "primary", None) or session.bind
-        if type(bind) is not Engine or not self.cache._is_attached(bind):
+        if type(bind) is not Engine:
             return None
+        if not self.cache._is_attached(bind):
+            # The session will begin on it (``after_begin`` would attach it then):
+            # attach it now, or the first query would miss the fast path's key.
+            self.cache.attach(bind)
         found = self._plan(state, bind)
         if (
             found is None

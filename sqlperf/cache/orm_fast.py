@@ -157,8 +157,6 @@ def plan_for(stmt: Any, engine: Engine) -> FastPlan | None:
         or stmt._for_update_arg is not None
         # loader options (joinedload, load_only, ...) change what is loaded
         or any(type(o) is not CacheOption for o in stmt._with_options)
-        # a plain Core select: the general path is already as cheap
-        or all(d.get("entity") is None for d in stmt.column_descriptions)
     ):
         return None
     descriptions = stmt.column_descriptions

@@ -241,6 +241,12 @@ class QueryCache:
         self._orm = SessionHook(self)
         self._session_hit_observers: tuple[Callable[[], None], ...] = ()
 
+    def __repr__(self) -> str:
+        return (
+            f"QueryCache({type(self.backend).__name__}, ttl={self.ttl}, "
+            f"cache_all={self.cache_all}, engines={len(self._attached)})"
+        )
+
     # -- engines ------------------------------------------------------------------------
 
     def attach(self, *engines: Engine) -> QueryCache:

@@ -28,6 +28,7 @@ from sqlalchemy import Engine, event
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
 
+from sqlperf.cache.query_cache import QueryCache
 from sqlperf.capture.recorder import QueryRecorder, Scope
 from sqlperf.exceptions import ConfigurationError
 from sqlperf.routing import ConsistencyToken, RoutingSession
@@ -226,6 +227,7 @@ class Integration:
         primary: Engine,
         replicas: Sequence[Engine],
         recorder: QueryRecorder | None,
+        cache: QueryCache | None,
         session_options: Mapping[str, Any] | None,
         token_header: str,
         token_cookie: str,
@@ -233,6 +235,8 @@ class Integration:
     ) -> None:
         if recorder is not None and not isinstance(recorder, QueryRecorder):
             raise ConfigurationError(f"recorder must be a QueryRecorder, not {recorder!r}")
+        if cache is not None and not isinstance(cache, QueryCache):
+            raise ConfigurationError(f"cache must be a QueryCache, not {cache!r}")
         for what, name in (("token_header", token_header), ("token_cookie", token_cookie)):
             if not isinstance(name, str) or not _NAME.fullmatch(name):
                 raise ConfigurationError(f"{what} must be a header/cookie name, not {name!r}")
@@ -261,10 +265,23 @@ class Integration:
         # On this integration's own sessionmaker (a class of its own), so that
         # RequestState.token_needs_io can tell when reading a token may query.
         event.listen(self.sessionmaker, "after_transaction_end", _note_transaction_end)
+        self.cache = cache
+        self._undo: list[Callable[[], None]] = []
+        if cache is not None:
+            cache.install(self.sessionmaker)
+            self._undo.append(lambda: cache.uninstall(self.sessionmaker))
+            if recorder is not None:
+                # Hits answered in the session reach no engine event: count them.
+                self._undo.append(recorder.count_cache_hits(cache))
+
+    def close(self) -> None:
+        """Undo what this integration set up on the cache and recorder (idempotent)."""
+        while self._undo:
+            self._undo.pop()()
 
     def __repr__(self) -> str:
         return (
-            f"{type(self).__name__}(recorder={self.recorder!r}, token_header="
+            f"{type(self).__name__}(recorder={self.recorder!r}, cache={self.cache!r}, token_header="
             f"{self.token_header!r}, token_cookie={self.token_cookie!r}, "
             f"token_max_age={self.token_max_age})"
         )

@@ -45,6 +45,7 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
 from sqlalchemy import Engine
 from sqlalchemy.orm import sessionmaker
 
+from sqlperf.cache.query_cache import QueryCache
 from sqlperf.capture.recorder import QueryRecorder
 from sqlperf.exceptions import ConfigurationError
 from sqlperf.integrations._request import (
@@ -71,6 +72,9 @@ class SqlperfMiddleware:
         recorder: a :class:`~sqlperf.capture.QueryRecorder` attached to the engines;
             without one there is no scope, no N+1 report and no ``Server-Timing``
             (request ids and tokens still work).
+        cache: a :class:`~sqlperf.QueryCache` to install on the request sessions;
+            with a recorder, its hits (those answered in the session too) count in
+            ``Server-Timing``. :meth:`close` uninstalls it.
         session_options: more ``RoutingSession`` arguments (``mode``, ``max_lag``,
             ``class_`` for a subclass, any ``Session`` option).
         token_header: the header that carries the consistency token, in and out.
@@ -96,6 +100,7 @@ class SqlperfMiddleware:
         primary: Engine,
         replicas: Sequence[Engine] = (),
         recorder: QueryRecorder | None = None,
+        cache: QueryCache | None = None,
         session_options: Mapping[str, Any] | None = None,
         token_header: str = "X-Sqlperf-Token",
         token_cookie: str = "sqlperf_token",
@@ -103,7 +108,14 @@ class SqlperfMiddleware:
     ) -> None:
         self.app = app
         self._integration = Integration(
-            primary, replicas, recorder, session_options, token_header, token_cookie, token_max_age
+            primary,
+            replicas,
+            recorder,
+            cache,
+            session_options,
+            token_header,
+            token_cookie,
+            token_max_age,
         )
         self.sessionmaker: sessionmaker[RoutingSession] = self._integration.sessionmaker
         self._wanted = {
@@ -114,6 +126,10 @@ class SqlperfMiddleware:
 
     def __repr__(self) -> str:
         return f"SqlperfMiddleware({self._integration!r})"
+
+    def close(self) -> None:
+        """Uninstall the ``cache`` from the request sessions and stop counting its hits."""
+        self._integration.close()
 
     async def __call__(self, scope: ASGIScope, receive: Receive, send: Send) -> None:
         """Handle one ASGI connection; only ``http`` scopes are looked at."""

@@ -29,6 +29,7 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
 from sqlalchemy import Engine
 from sqlalchemy.orm import sessionmaker
 
+from sqlperf.cache.query_cache import QueryCache
 from sqlperf.capture.recorder import QueryRecorder
 from sqlperf.exceptions import ConfigurationError
 from sqlperf.integrations._request import (
@@ -54,6 +55,9 @@ class Sqlperf:
         recorder: a :class:`~sqlperf.capture.QueryRecorder` attached to the engines;
             without one there is no scope, no N+1 report and no ``Server-Timing``
             (request ids and tokens still work).
+        cache: a :class:`~sqlperf.QueryCache` to install on the request sessions;
+            with a recorder, its hits (those answered in the session too) count in
+            ``Server-Timing``. :meth:`close` uninstalls it.
         session_options: more ``RoutingSession`` arguments (``mode``, ``max_lag``,
             ``class_`` for a subclass, any ``Session`` option).
         token_header: the header that carries the consistency token, in and out.
@@ -86,13 +90,21 @@ class Sqlperf:
         primary: Engine,
         replicas: Sequence[Engine] = (),
         recorder: QueryRecorder | None = None,
+        cache: QueryCache | None = None,
         session_options: Mapping[str, Any] | None = None,
         token_header: str = "X-Sqlperf-Token",
         token_cookie: str = "sqlperf_token",
         token_max_age: int = 300,
     ) -> None:
         self._integration = Integration(
-            primary, replicas, recorder, session_options, token_header, token_cookie, token_max_age
+            primary,
+            replicas,
+            recorder,
+            cache,
+            session_options,
+            token_header,
+            token_cookie,
+            token_max_age,
         )
         self.sessionmaker: sessionmaker[RoutingSession] = self._integration.sessionmaker
         if app is not None:
@@ -100,6 +112,10 @@ class Sqlperf:
 
     def __repr__(self) -> str:
         return f"Sqlperf({self._integration!r})"
+
+    def close(self) -> None:
+        """Uninstall the ``cache`` from the request sessions and stop counting its hits."""
+        self._integration.close()
 
     def init_app(self, app: flask.Flask) -> None:
         """Register the request hooks on ``app``; ``app.extensions["sqlperf"]`` is this object.
