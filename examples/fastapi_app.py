@@ -60,22 +60,17 @@ async def get_shop(request: Request) -> Shop:
     return shop
 
 
-def get_session(request: Request) -> Iterator[Session]:
-    """Dependency: the request's session, closed after the response.
-
-    sqlperf mode: the middleware's :class:`~sqlperf.RoutingSession`. Plain mode: a
-    plain ``Session`` on the one engine.
-    """
+def plain_session(request: Request) -> Iterator[Session]:
+    """Plain mode's stand-in for :func:`~sqlperf.integrations.asgi.routing_session`: the
+    usual sync ``get_db`` dependency, a plain ``Session`` on the one engine, closed after
+    the response (FastAPI enters and leaves it on its thread pool)."""
     shop: Shop = request.app.state.shop
-    if shop.settings.mode == "sqlperf":
-        yield from routing_session(request)
-    else:
-        with shop.sessions() as session:
-            yield session
+    with shop.sessions() as session:
+        yield session
 
 
 ShopDep = Annotated[Shop, Depends(get_shop)]
-SessionDep = Annotated[Session, Depends(get_session)]
+SessionDep = Annotated[Session, Depends(routing_session)]
 
 
 def _bad_request(exc: InvalidInput) -> HTTPException:
@@ -175,6 +170,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             recorder=shop.recorder,
             session_options=shop.session_options,
         )
+    else:
+        app.dependency_overrides[routing_session] = plain_session
     app.include_router(router)
     return app
 

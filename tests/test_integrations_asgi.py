@@ -3,8 +3,8 @@
 The harness (recorder, statement counter, Server-Timing parser, Redis cache) is the
 one of ``test_integrations_flask.py``; the cluster and the replay pause are those of
 ``test_routing.py``. Every behaviour is checked through ``def`` and ``async def``
-endpoints: FastAPI runs the first, and the sync ``routing_session`` dependency, in a
-thread pool with a copy of the context, and closes the session only after the
+endpoints: FastAPI runs the first in a thread pool with a copy of the context, and
+closes the session (the async ``routing_session`` dependency's exit) only after the
 response has been sent.
 """
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
 import warnings
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -254,6 +255,52 @@ def test_a_cache_installed_on_a_session_class_hits_from_the_second_request(
         client.get("/cached")
     stats = query_cache.stats()
     assert (stats.misses, stats.stores, stats.hits) == (1, 1, 1)
+
+
+def test_sessions_close_on_the_event_loop_unless_closing_does_io(
+    pg: Cluster,  # noqa: F811
+    query_cache: QueryCache,  # noqa: F811
+    client_for: Callable[[FastAPI], TestClient],
+):
+    """``routing_session`` is an async dependency: a session holding no connection (a
+    cache hit) is closed on the event loop, one in a transaction on a worker thread
+    (its rollback is I/O)."""
+    closed: list[tuple[str, str]] = []
+
+    class Watched(RoutingSession):
+        def close(self) -> None:
+            if "label" in self.info:
+                closed.append((self.info["label"], threading.current_thread().name))
+            super().close()
+
+    app = FastAPI()
+    app.add_middleware(
+        SqlperfMiddleware,
+        primary=pg.primary,
+        replicas=[pg.replica],
+        cache=query_cache,
+        session_options={"class_": Watched},
+    )
+    model: Any = pg.model
+    table = model.__table__
+    loop_thread: list[str] = []
+
+    @app.get("/read/{label}")
+    async def read(label: str, session: SessionDep) -> list[str]:
+        loop_thread.append(threading.current_thread().name)
+        session.info["label"] = label
+        stmt = select(table.c.name).where(table.c.id == 1).options(cached())
+        return list(session.scalars(stmt))
+
+    client = client_for(app)
+    for label in ("miss", "hit"):
+        assert client.get(f"/read/{label}").status_code == 200
+    assert query_cache.stats().hits == 1
+    assert len(set(loop_thread)) == 1
+    (miss, miss_thread), (hit, hit_thread) = closed
+    assert (miss, hit) == ("miss", "hit")
+    assert miss_thread != loop_thread[0]  # a transaction to roll back: a worker thread
+    assert hit_thread == loop_thread[0]  # nothing to do but forget: on the loop
 
 
 # -- read-your-writes -------------------------------------------------------------------

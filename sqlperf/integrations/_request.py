@@ -369,6 +369,12 @@ class RequestState:
         session ended a transaction (one that wrote needs the commit's WAL position)."""
         return any(s.info.get(_ENDED_KEY) for s in self._sessions)
 
+    def close_needs_io(self, session: RoutingSession) -> bool:
+        """Whether :meth:`close_session` may do I/O: ``session`` is in a transaction (its
+        connection is rolled back and returned), or ended one (a commit that wrote
+        needs its WAL position for the token)."""
+        return session.get_transaction() is not None or bool(session.info.get(_ENDED_KEY))
+
     def close_session(self, session: RoutingSession) -> None:
         """Keep ``session``'s final token for the response, then close it."""
         with self._lock:

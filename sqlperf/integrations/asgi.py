@@ -19,14 +19,14 @@ request's :class:`~sqlperf.RoutingSession`::
         return {"name": session.get(Item, item_id).name}
 
 In plain Starlette, use it as a context manager:
-``with contextlib.contextmanager(routing_session)(request) as session: ...``.
+``async with contextlib.asynccontextmanager(routing_session)(request) as session: ...``.
 
 See ``docs/integrations.md``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 try:
@@ -179,7 +179,7 @@ async def _add_headers(state: RequestState, message: Message) -> Message:
     return message
 
 
-def routing_session(request: Request) -> Iterator[RoutingSession]:
+async def routing_session(request: Request) -> AsyncIterator[RoutingSession]:
     """FastAPI dependency: the request's :class:`~sqlperf.RoutingSession`.
 
     ``session: RoutingSession = Depends(routing_session)``. Its reads see the
@@ -187,6 +187,13 @@ def routing_session(request: Request) -> Iterator[RoutingSession]:
     (uncommitted work is rolled back), and a commit that wrote makes the response
     carry the new token. FastAPI caches it per request: every dependency of one
     request gets the same session.
+
+    It is an ``async`` dependency because making a session does no I/O: FastAPI
+    runs it on the event loop instead of handing it to its thread pool, twice per
+    request (a sync dependency with ``yield`` is entered and left on a worker
+    thread). Closing goes to a worker thread only when it may do I/O: the session
+    holds a connection, or must ask the primary for a new token; a request
+    answered from the cache, or never using its session, stays on the loop.
 
     Raises:
         ConfigurationError: the app has no :class:`SqlperfMiddleware`.
@@ -208,4 +215,8 @@ def routing_session(request: Request) -> Iterator[RoutingSession]:
     try:
         yield session
     finally:
-        state.close_session(session)
+        if state.close_needs_io(session):
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(state.close_session, session)
+        else:
+            state.close_session(session)
