@@ -10,6 +10,9 @@ Configuration comes from the environment (:meth:`Settings.from_env`):
                             current folder, created and seeded on first start)
 ``SQLPERF_REPLICA_URL``     a read replica (optional): reads go there, writes to the primary
 ``SQLPERF_REDIS_URL``       the query cache's Redis (optional; the cache is in memory without)
+``SQLPERF_CACHE_LOCAL_TTL`` with Redis: seconds an entry may live in the process's own memory
+                            level (``LayeredBackend``, kept correct by Redis pub/sub); default
+                            5, ``0`` asks Redis on every lookup
 ``SQLPERF_APP_MODE``        ``sqlperf`` (default) or ``plain``: plain SQLAlchemy
                             (``create_engine``, a plain ``Session``, no cache, no recorder,
                             no middleware), the baseline of ``benchmarks/bench_app.py``
@@ -61,7 +64,7 @@ from sqlperf import (
     keyset_page,
     safe_url,
 )
-from sqlperf.cache import CacheBackend
+from sqlperf.cache import CacheBackend, LayeredBackend
 from sqlperf.capture import JsonlSink, MemorySink, Sink
 from sqlperf.demo import customers, metadata, order_items, orders, products
 
@@ -130,6 +133,8 @@ class Settings:
         query_log: a JSON Lines file for the recorder's records, or ``None``.
         seed_orders: orders seeded into an empty database.
         cache_namespace: the prefix of the cache's keys in Redis.
+        cache_local_ttl: with Redis, the ``local_ttl`` of a
+            :class:`~sqlperf.cache.LayeredBackend` in front of it; ``0``: Redis alone.
     """
 
     database_url: str = "sqlite:///shop.db"
@@ -141,6 +146,7 @@ class Settings:
     query_log: str | None = None
     seed_orders: int = 3000
     cache_namespace: str = "sqlperf-shop"
+    cache_local_ttl: float = 5.0
 
     def __repr__(self) -> str:
         def url(value: str | None) -> str | None:
@@ -151,7 +157,7 @@ class Settings:
             f"replica_url={url(self.replica_url)!r}, redis_url={url(self.redis_url)!r}, "
             f"mode={self.mode!r}, capture={self.capture}, cache={self.cache}, "
             f"query_log={self.query_log!r}, seed_orders={self.seed_orders}, "
-            f"cache_namespace={self.cache_namespace!r})"
+            f"cache_namespace={self.cache_namespace!r}, cache_local_ttl={self.cache_local_ttl})"
         )
 
     @classmethod
@@ -165,6 +171,15 @@ class Settings:
         mode = env.get("SQLPERF_APP_MODE", "").strip().lower() or "sqlperf"
         if mode not in ("sqlperf", "plain"):
             raise ValueError(f"SQLPERF_APP_MODE must be 'sqlperf' or 'plain', not {mode!r}")
+        local_ttl_text = env.get("SQLPERF_CACHE_LOCAL_TTL", "").strip() or "5"
+        try:
+            local_ttl = float(local_ttl_text)
+        except ValueError:
+            local_ttl = -1.0
+        if not 0 <= local_ttl < float("inf"):
+            raise ValueError(
+                f"SQLPERF_CACHE_LOCAL_TTL must be a number of seconds >= 0, not {local_ttl_text!r}"
+            )
         orders_text = env.get("SQLPERF_SEED_ORDERS", "").strip() or "3000"
         if not orders_text.isdigit() or int(orders_text) < 1:
             raise ValueError(f"SQLPERF_SEED_ORDERS must be a positive number, not {orders_text!r}")
@@ -178,6 +193,7 @@ class Settings:
             query_log=env.get("SQLPERF_QUERY_LOG", "").strip() or None,
             seed_orders=int(orders_text),
             cache_namespace=env.get("SQLPERF_CACHE_NAMESPACE", "").strip() or "sqlperf-shop",
+            cache_local_ttl=local_ttl,
         )
 
 
@@ -273,13 +289,19 @@ def make_cache(settings: Settings) -> QueryCache | None:
     """The query cache (on Redis with ``redis_url``, else in memory), if enabled.
 
     Entries live 5 minutes at most; a commit that writes a table they read
-    invalidates them at once, in every process that shares the Redis.
+    invalidates them at once, in every process that shares the Redis. With Redis
+    and ``cache_local_ttl`` > 0, a :class:`~sqlperf.cache.LayeredBackend` answers
+    repeated reads from this process's memory without a round trip; another
+    process's commit reaches that memory by pub/sub (see ``docs/cache.md`` for the
+    bound on how long it may lag).
     """
     if settings.mode == "plain" or not settings.cache:
         return None
     backend: CacheBackend
     if settings.redis_url:
         backend = RedisBackend(settings.redis_url, namespace=settings.cache_namespace)
+        if settings.cache_local_ttl > 0:
+            backend = LayeredBackend(backend, local_ttl=settings.cache_local_ttl)
     else:
         backend = MemoryBackend()
     return QueryCache(backend, ttl=300)

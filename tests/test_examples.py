@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 import warnings
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -22,10 +23,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import Engine, create_engine, func, select
+from sqlalchemy.pool import NullPool
 
 from examples import fastapi_app, flask_app
 from examples.shop import PAGE_SIZE, Order, OrderItem, Settings, Shop
+from sqlperf.cache import RedisBackend
+from sqlperf.demo import metadata
+from tests.test_routing import _paused, _resume
 
 ROOT = Path(__file__).resolve().parent.parent
 SEED_ORDERS = 600  # customer 1 has a few pages of orders
@@ -346,6 +351,7 @@ def test_settings_from_the_environment():
         "SQLPERF_QUERY_LOG": "query_log.jsonl",
         "SQLPERF_SEED_ORDERS": "50",
         "SQLPERF_CACHE_NAMESPACE": "shop-a",
+        "SQLPERF_CACHE_LOCAL_TTL": "0.5",
     }
     settings = Settings.from_env(env)
     assert settings == Settings(
@@ -358,12 +364,15 @@ def test_settings_from_the_environment():
         query_log="query_log.jsonl",
         seed_orders=50,
         cache_namespace="shop-a",
+        cache_local_ttl=0.5,
     )
     assert "secret" not in repr(settings)
     for bad in (
         {"SQLPERF_APP_MODE": "fast"},
         {"SQLPERF_CACHE": "maybe"},
         {"SQLPERF_SEED_ORDERS": "-1"},
+        {"SQLPERF_CACHE_LOCAL_TTL": "soon"},
+        {"SQLPERF_CACHE_LOCAL_TTL": "-1"},
     ):
         with pytest.raises(ValueError, match=next(iter(bad))):
             Settings.from_env(bad)
@@ -412,3 +421,72 @@ def test_each_app_runs_with_one_command(tmp_path: Path, script: str):
         process.terminate()
         process.communicate(timeout=30)
     assert (tmp_path / "shop.db").exists()
+
+
+@pytest.fixture
+def cluster_settings(postgres_url: str, replica_url: str, redis_url: str) -> Iterator[Settings]:
+    """The shop on PostgreSQL, its streaming replica and Redis (a namespace of its own);
+    the demo tables and the Redis keys are dropped afterwards."""
+    settings = Settings(
+        database_url=postgres_url,
+        replica_url=replica_url,
+        redis_url=redis_url,
+        seed_orders=200,
+        cache_namespace=f"shop-test-{uuid.uuid4().hex[:8]}",
+    )
+    yield settings
+    engine = create_engine(postgres_url, poolclass=NullPool)
+    try:
+        metadata.drop_all(engine)
+    finally:
+        engine.dispose()
+    backend = RedisBackend(redis_url, namespace=settings.cache_namespace)
+    backend.clear()
+    backend.close()
+
+
+def test_the_shop_on_postgresql_with_its_replica_and_redis(
+    framework: str, cluster_settings: Settings
+):
+    """The README's second command: every capability on real servers. Reads of pages go
+    to the replica, so with its replay paused only a client holding the token of its
+    write sees the new order; the cached detail is answered from the process's memory
+    level after one miss, and a commit invalidates it."""
+    replica = create_engine(str(cluster_settings.replica_url), poolclass=NullPool)
+    with ExitStack() as stack:
+        writer = AppClient(framework, cluster_settings, stack)
+        other = AppClient(framework, cluster_settings, stack)
+        health = writer.get("/health").body
+        assert (health["database"], health["replicas"]) == ("postgresql", 1)
+        assert health["cache"] == "LayeredBackend"
+        first, second = (_timing(writer.get("/orders/5"))[1:] for _ in range(2))
+        assert (first, second) == ((1, 0), (0, 1))
+        # A commit the replica has replayed, just before its replay is paused: its lag
+        # stays under the session's max_lag, so reads without a token stay on it.
+        order = {"customer_id": 3, "lines": [{"product_id": 2, "quantity": 1}]}
+        replayed = other.post("/orders", json=order).body["id"]
+        _wait_for_order(replica, replayed)
+        page = other.get("/customers/3/orders").body
+        assert page["orders"][0]["id"] == replayed
+        _paused(replica)
+        stack.callback(_resume, replica)
+        created = writer.post("/orders", json=order)
+        assert created.status == 201
+        assert _header(created, "X-Sqlperf-Token") is not None
+        mine = [o["id"] for o in writer.get("/customers/3/orders").body["orders"]]
+        theirs = [o["id"] for o in other.get("/customers/3/orders").body["orders"]]
+        assert mine[0] == created.body["id"]  # the cookie's token: read from the primary
+        assert theirs == [o["id"] for o in page["orders"]]  # the paused replica
+        # The commit invalidated demo_orders: the detail is read again.
+        assert _timing(writer.get("/orders/5"))[1:] == (1, 0)
+    replica.dispose()
+
+
+def _wait_for_order(replica: Engine, order_id: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        with replica.connect() as conn:
+            if conn.execute(select(Order.id).where(Order.id == order_id)).first() is not None:
+                return
+        assert time.monotonic() < deadline, f"order {order_id} never reached the replica"
+        time.sleep(0.05)
