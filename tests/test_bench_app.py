@@ -16,7 +16,7 @@ def test_bench_app_runs(tmp_path: Path):
     configs = data["results"]["configs"]
     assert set(configs) == {"plain", "sqlperf", "sqlperf+capture"}
     for name, config in configs.items():
-        for workload in ("read-heavy", "mixed"):
+        for workload in ("read-heavy", "read-hot", "mixed"):
             result = config[workload]
             assert result["rps"] > 0, (name, workload)
             assert result["requests"] == 40
