@@ -10,6 +10,8 @@ transaction, so a session that wrote is never answered from the cache.
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Engine, event
@@ -17,6 +19,7 @@ from sqlalchemy.engine import Result
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.session import ORMExecuteState, SessionTransaction
 
+from sqlperf.cache.backends import Lookup
 from sqlperf.cache.keys import Memo, result_key
 from sqlperf.cache.options import CACHE_OPTION, CacheDirective, directive_of
 from sqlperf.cache.orm_fast import Fallback, FastPlan, plan_for
@@ -27,9 +30,9 @@ from sqlperf.routing import ROUTE_OPTION
 if TYPE_CHECKING:
     from sqlperf.cache.query_cache import QueryCache
 
-__all__ = ["ORM_LOOKUP", "WRITTEN", "SessionHook"]
+__all__ = ["ORM_LOOKUP", "WRITTEN", "OrmLookup", "SessionHook"]
 
-#: Execution option carrying a miss's ``(key, tables, lookup)`` to the DB-API step.
+#: Execution option carrying a miss's :class:`OrmLookup` to the DB-API step.
 ORM_LOOKUP = "_sqlperf_cache_lookup"
 #: ``connection.info`` key of the tables a connection's transaction wrote.
 WRITTEN = "sqlperf.cache.written"
@@ -37,6 +40,18 @@ WRITTEN = "sqlperf.cache.written"
 _SESSION_CONNS = "sqlperf.cache.connections"
 _DEFAULT = CacheDirective()
 _UNKNOWN: Any = object()
+
+
+@dataclass
+class OrmLookup:
+    """A fast-path miss handed to the DB-API step, which fills in what happened there."""
+
+    key: str
+    tables: tuple[str, ...]
+    look: Lookup
+    spent_ns: int  # the fast path's time (key and lookup)
+    outcome: str | None = None  # "miss" once the DB-API step ran the query
+    cache_ns: int = 0  # the DB-API step's own cache time (storing), its query excluded
 
 
 class SessionHook:
@@ -157,9 +172,10 @@ class SessionHook:
         plan: FastPlan,
         values: list[Any],
     ) -> Result[Any] | None:
+        began = time.perf_counter_ns()
         cache = self.cache
-        if not cache._deliver_pending():
-            return None
+        if not cache._deliver_pending() or not cache._admits(plan.sql):
+            return None  # the general path runs the query and counts the bypass
         prefix = f"{cache.namespace}\0orm\0{bind.dialect.name}\0{bind.url.database or ''}\0"
         key = result_key(prefix, plan.sql, (values, state.parameters))
         tables = cache._prefixed(plan.tables)
@@ -176,9 +192,25 @@ class SessionHook:
                 pass
             else:
                 cache._count_session_hit(len(look.value))
+                cache._measured_hit(plan.sql, time.perf_counter_ns() - began)
                 return result
-        state.update_execution_options(**{ORM_LOOKUP: (key, tables, look)})
-        return None
+        lookup = OrmLookup(key, tables, look, time.perf_counter_ns() - began)
+        state.update_execution_options(**{ORM_LOOKUP: lookup})
+        admission = cache._admission
+        if admission is None:
+            return None
+        # Run it here, to time the whole execution a hit of this shape saves (a hit
+        # skips the connection and SQLAlchemy's pipeline, not only the query).
+        began = time.perf_counter_ns()
+        ran = state.invoke_statement()
+        if lookup.outcome == "miss":
+            elapsed = time.perf_counter_ns() - began
+            admission.miss(
+                plan.sql,
+                cache_ns=lookup.spent_ns + lookup.cache_ns,
+                query_ns=elapsed - lookup.cache_ns,
+            )
+        return ran
 
     def session_wrote(self, session: Session) -> bool:
         """Has a connection of the session's current transaction written?"""

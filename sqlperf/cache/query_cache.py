@@ -54,6 +54,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.sql.base import Executable
 
+from sqlperf.cache.admission import Admission
 from sqlperf.cache.backends import CacheBackend, Lookup
 from sqlperf.cache.delivery import Breaker, MarkClearer
 from sqlperf.cache.flight import SingleFlight
@@ -64,7 +65,7 @@ from sqlperf.cache.keys import (
     tables_written_by_sql,
 )
 from sqlperf.cache.options import CACHE_OPTION, CacheDirective, directive_of
-from sqlperf.cache.orm import ORM_LOOKUP, WRITTEN, SessionHook
+from sqlperf.cache.orm import ORM_LOOKUP, WRITTEN, OrmLookup, SessionHook
 from sqlperf.cache.payload import BadPayload, PayloadCodec
 from sqlperf.cache.replay import ReplayCursor
 from sqlperf.exceptions import ConfigurationError
@@ -106,7 +107,7 @@ class CacheStats:
         bypasses: cached statements not served from nor stored in the cache, by
             reason (``"dirty_transaction"``, ``"in_flight"``, ``"uncacheable"``,
             ``"breaker_open"``, ``"snapshot"``, ``"replica_read"``, ``"streaming"``,
-            ``"unpicklable"``).
+            ``"unpicklable"``, ``"unprofitable"``).
         invalidations: generation bumps, per table.
         errors: backend failures (each also counted by the breaker).
         bad_payloads: entries dropped because their signature or content was wrong.
@@ -170,6 +171,12 @@ class QueryCache:
             across processes run the query once.
         breaker_threshold / breaker_cooldown_s: after that many consecutive
             backend failures, skip the backend for that long.
+        skip_unprofitable: measure, per statement shape, what lookups and stores
+            cost against what hits save, and let a shape that costs more than it
+            saves (its tables are written before its entries are read again) skip
+            the cache for a while (:mod:`sqlperf.cache.admission`); an
+            :class:`~sqlperf.cache.Admission` to tune the window and cooldown;
+            ``False`` always uses the cache.
 
     Example::
 
@@ -206,6 +213,7 @@ class QueryCache:
         lock_s: float | None = None,
         breaker_threshold: int = 3,
         breaker_cooldown_s: float = 5.0,
+        skip_unprofitable: bool | Admission = True,
     ) -> None:
         if not isinstance(backend, CacheBackend):
             raise ConfigurationError(
@@ -240,6 +248,11 @@ class QueryCache:
         self._attach_lock = threading.Lock()
         self._orm = SessionHook(self)
         self._session_hit_observers: tuple[Callable[[], None], ...] = ()
+        self._admission: Admission | None
+        if isinstance(skip_unprofitable, Admission):
+            self._admission = skip_unprofitable
+        else:
+            self._admission = Admission() if skip_unprofitable else None
 
     def __repr__(self) -> str:
         return (
@@ -523,7 +536,7 @@ class QueryCache:
             return None
         return directive
 
-    def _serve(  # noqa: PLR0911, PLR0917 - the DB-API step's arguments plus ours
+    def _serve(  # noqa: PLR0917 - the DB-API step's arguments plus ours
         self,
         cursor: Any,
         statement: str,
@@ -533,15 +546,22 @@ class QueryCache:
         database: str,
     ) -> bool:
         """Answer a cached statement from the cache or the database; True: handled."""
+        began = time.perf_counter_ns()
         tables = _tables_of(context, directive)
         reason = self._bypass_reason(context, tables)
+        compiled = context.compiled
+        # The shape: the SQL before expanding IN lists (the ORM fast path's key too).
+        shape = compiled.string if compiled is not None else context.statement or statement
+        if reason is None and self._admission is not None and not self._admission.admits(shape):
+            reason = "unprofitable"
         if reason is not None:
             self._count_bypass(reason)
             context._sqlperf_cache_outcome = "bypass:" + reason
             return False
-        from_orm = context.execution_options.get(ORM_LOOKUP)
+        from_orm: OrmLookup | None = context.execution_options.get(ORM_LOOKUP)
+        look: Lookup | None
         if from_orm is not None:
-            key, tables, look = from_orm
+            key, tables, look = from_orm.key, from_orm.tables, from_orm.look
         else:
             tables = self._prefixed(tables)
             # context.statement is the SQL before before_cursor_execute listeners
@@ -551,20 +571,58 @@ class QueryCache:
         if look is None:
             context._sqlperf_cache_outcome = "bypass:breaker_open"
             return False
+        done = self._hit_or_fill(cursor, statement, parameters, context, key, tables, look)
+        if done is None or self._admission is None:
+            return done is not None
+        if done == "hit":
+            earlier = 0 if from_orm is None else from_orm.spent_ns
+            self._admission.hit(shape, earlier + time.perf_counter_ns() - began)
+        elif context._sqlperf_cache_outcome == "miss":
+            query_ns = context._sqlperf_query_ns
+            spent = time.perf_counter_ns() - began - query_ns
+            if from_orm is not None:  # the session's hook times the whole execution
+                from_orm.outcome, from_orm.cache_ns = "miss", spent
+            else:
+                self._admission.miss(shape, cache_ns=spent, query_ns=query_ns)
+        return True
+
+    def _hit_or_fill(  # noqa: PLR0917 - _serve's arguments
+        self,
+        cursor: Any,
+        statement: str,
+        parameters: Any,
+        context: Any,
+        key: str,
+        tables: Sequence[str],
+        look: Lookup,
+    ) -> str | None:
+        """``"hit"``: answered from the cache; ``"filled"``: the query ran (and its rows
+        were stored if that is safe); ``None``: not handled, SQLAlchemy runs it."""
         if look.value is not None and self._replay(look.value, cursor, context):
-            return True
+            return "hit"
         if self._flight is None:
-            return self._fill(cursor, statement, parameters, context, key, tables, look)
+            self._fill(cursor, statement, parameters, context, key, tables, look)
+            return "filled"
         with self._flight.lead(key) as leader:
             if not leader:
                 with self._counters.lock:
                     self._counters.flight_waits += 1
-                look = self._lookup(key, tables)
-                if look is None:
-                    return False
-                if look.value is not None and self._replay(look.value, cursor, context):
-                    return True
-            return self._fill(cursor, statement, parameters, context, key, tables, look)
+                again = self._lookup(key, tables)
+                if again is None:
+                    return None
+                if again.value is not None and self._replay(again.value, cursor, context):
+                    return "hit"
+                look = again
+            self._fill(cursor, statement, parameters, context, key, tables, look)
+            return "filled"
+
+    def _measured_hit(self, shape: str, ns: int) -> None:
+        if self._admission is not None:
+            self._admission.hit(shape, ns)
+
+    def _admits(self, shape: str) -> bool:
+        """Whether statements of ``shape`` use the cache now (see ``skip_unprofitable``)."""
+        return self._admission is None or self._admission.admits(shape)
 
     def _bypass_reason(self, context: Any, tables: tuple[str, ...]) -> str | None:
         if not tables:
@@ -644,7 +702,7 @@ class QueryCache:
         key: str,
         tables: Sequence[str],
         look: Lookup,
-    ) -> bool:
+    ) -> None:
         """Run the query on the database and store its rows if that is safe."""
         with self._counters.lock:
             self._counters.misses += 1
@@ -653,14 +711,16 @@ class QueryCache:
         if self.lock_s is not None and not look.in_flight:
             locked = self._cross_process_wait(key, tables, cursor, context)
             if context._sqlperf_cache_outcome == "hit":
-                return True
+                return
         try:
+            began = time.perf_counter_ns()
             if parameters is None:
                 context.dialect.do_execute_no_params(cursor, statement, context)
             else:
                 context.dialect.do_execute(cursor, statement, parameters, context)
             description = cursor.description
             rows = list(cursor.fetchall()) if description is not None else []
+            context._sqlperf_query_ns = time.perf_counter_ns() - began
             if description is not None:
                 context.cursor = ReplayCursor(description, rows, cursor)
             reason = self._unstorable(context, look)
@@ -671,7 +731,6 @@ class QueryCache:
         finally:
             if locked:
                 self._unlock(key)
-        return True
 
     def _unstorable(self, context: Any, look: Lookup) -> str | None:
         if look.in_flight:

@@ -1,0 +1,148 @@
+"""Which statement shapes the cache steps aside for: those it costs more than it saves.
+
+Table-level invalidation is what keeps the cache correct, and it is also why some
+cached statements never pay: when the tables they read are written every few
+requests, their entries die before anyone reads them again, and every lookup and
+store is spent for nothing. :class:`Admission` measures, per statement shape
+(its SQL), what the cache spends and what it saves, in windows of ``window``
+lookups:
+
+* **spent**: on each miss, the cache's own time around the query (the lookup,
+  encoding and storing the rows), the query itself excluded;
+* **saved**: on each hit, the shape's mean query time (measured on its misses)
+  minus the time the hit took to answer.
+
+A window in which most lookups missed, and which spent more than it saved, makes
+the shape skip the cache for ``cooldown_s`` seconds: its statements run as if they
+were not cached (no lookup, no store; counted as the bypass ``"unprofitable"``).
+Then a new window measures again, so a shape whose writes calm down is cached
+again. A window with at least half hits keeps the shape, whatever its timings: the
+times are wall-clock times, and under a busy GIL a hit's can swell past a lone
+miss's, so only a shape with many misses gives a query time worth trusting.
+
+Skipping only ever sends a read to the database, so it can never serve stale
+data; writes still invalidate the shape's tables.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlperf.exceptions import ConfigurationError
+
+__all__ = ["Admission"]
+
+
+@dataclass
+class _Window:
+    lookups: int = 0
+    hits: int = 0
+    hit_ns: int = 0  # time spent answering the hits
+    miss_ns: int = 0  # the cache's time on the misses, their queries excluded
+    query_ns: int = 0  # the misses' query time
+    skip_until: float = 0.0  # while in the future: the shape skips the cache
+
+
+class Admission:
+    """Per statement shape, whether the cache is worth using (see the module).
+
+    Args:
+        window: lookups per measurement window, at least 10.
+        cooldown_s: how long an unprofitable shape skips the cache.
+        max_shapes: shapes remembered (least recently used forgotten first).
+        clock: a monotonic clock in seconds (tests pass their own).
+
+    Raises:
+        ConfigurationError: a window under 10, a cooldown of 0 or less, no shapes.
+
+    Example::
+
+        >>> admission = Admission(window=10, cooldown_s=60.0)
+        >>> for _ in range(10):  # misses of a 0.1 ms query that cost 0.2 ms each
+        ...     admission.miss("SELECT ...", cache_ns=200_000, query_ns=100_000)
+        >>> admission.admits("SELECT ...")
+        False
+    """
+
+    def __init__(
+        self,
+        *,
+        window: int = 200,
+        cooldown_s: float = 30.0,
+        max_shapes: int = 4096,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if window < 10 or cooldown_s <= 0 or max_shapes < 1:
+            raise ConfigurationError(
+                f"Admission(window={window!r}, cooldown_s={cooldown_s!r}, "
+                f"max_shapes={max_shapes!r}): window >= 10, cooldown_s > 0, max_shapes >= 1"
+            )
+        self.window = window
+        self.cooldown_s = cooldown_s
+        self.max_shapes = max_shapes
+        self._clock = clock
+        self._shapes: OrderedDict[str, _Window] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def admits(self, shape: str) -> bool:
+        """Whether statements of ``shape`` should use the cache now."""
+        w = self._shapes.get(shape)  # a plain read: no lock on the hot path
+        if w is None or not w.skip_until:
+            return True
+        if self._clock() < w.skip_until:
+            return False
+        with self._lock:
+            w.skip_until = 0.0  # the cooldown is over: measure again
+        return True
+
+    def skipping(self) -> list[str]:
+        """The shapes skipping the cache now."""
+        now = self._clock()
+        with self._lock:
+            return [shape for shape, w in self._shapes.items() if w.skip_until > now]
+
+    def hit(self, shape: str, ns: int) -> None:
+        """A lookup of ``shape`` answered from the cache in ``ns`` nanoseconds."""
+        with self._lock:
+            w = self._window(shape)
+            w.lookups += 1
+            w.hits += 1
+            w.hit_ns += ns
+            self._maybe_close(w)
+
+    def miss(self, shape: str, *, cache_ns: int, query_ns: int) -> None:
+        """A lookup of ``shape`` that ran its query (``query_ns``); the cache's own
+        time around it (lookup, encoding, storing) was ``cache_ns``."""
+        with self._lock:
+            w = self._window(shape)
+            w.lookups += 1
+            w.miss_ns += cache_ns
+            w.query_ns += query_ns
+            self._maybe_close(w)
+
+    def _window(self, shape: str) -> _Window:
+        w = self._shapes.get(shape)
+        if w is None:
+            self._shapes[shape] = w = _Window()
+            if len(self._shapes) > self.max_shapes:
+                self._shapes.popitem(last=False)
+        else:
+            self._shapes.move_to_end(shape)
+        return w
+
+    def _maybe_close(self, w: _Window) -> None:
+        if w.lookups < self.window:
+            return
+        misses = w.lookups - w.hits
+        # Only a shape that mostly misses is judged: the query time is then estimated
+        # from many misses, and a shape that mostly hits is kept whatever its timings
+        # (under a loaded GIL a hit's wall time can swell past a lone miss's).
+        if misses * 2 > w.lookups:
+            saved = w.hits * w.query_ns / misses - w.hit_ns
+            if saved < w.miss_ns:
+                w.skip_until = self._clock() + self.cooldown_s
+        w.lookups = w.hits = w.hit_ns = w.miss_ns = w.query_ns = 0
