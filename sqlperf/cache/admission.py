@@ -12,13 +12,14 @@ lookups:
 * **saved**: on each hit, the shape's mean query time (measured on its misses)
   minus the time the hit took to answer.
 
-A window in which most lookups missed, and which spent more than it saved, makes
-the shape skip the cache for ``cooldown_s`` seconds: its statements run as if they
-were not cached (no lookup, no store; counted as the bypass ``"unprofitable"``).
-Then a new window measures again, so a shape whose writes calm down is cached
-again. A window with at least half hits keeps the shape, whatever its timings: the
-times are wall-clock times, and under a busy GIL a hit's can swell past a lone
-miss's, so only a shape with many misses gives a query time worth trusting.
+A window in which fewer than one lookup in five hit, and which spent more than it
+saved, makes the shape skip the cache for ``cooldown_s`` seconds: its statements
+run as if they were not cached (no lookup, no store; counted as the bypass
+``"unprofitable"``). Then a new window measures again, so a shape whose writes
+calm down is cached again. A window with more hits keeps the shape, whatever its
+timings: it may be the cache warming up again after an invalidation, the times are
+wall-clock times (under a busy GIL a hit's can swell past a lone miss's), and only
+a shape with many misses gives a query time worth trusting.
 
 Skipping only ever sends a read to the database, so it can never serve stale
 data; writes still invalidate the shape's tables.
@@ -138,10 +139,11 @@ class Admission:
         if w.lookups < self.window:
             return
         misses = w.lookups - w.hits
-        # Only a shape that mostly misses is judged: the query time is then estimated
-        # from many misses, and a shape that mostly hits is kept whatever its timings
-        # (under a loaded GIL a hit's wall time can swell past a lone miss's).
-        if misses * 2 > w.lookups:
+        # Only a shape that hit less than 1 lookup in 5 is judged. Its query time is
+        # then estimated from many misses; a window that hits more is kept whatever
+        # its timings: it may be the cache warming up after an invalidation, and
+        # under a loaded GIL a hit's wall time can swell past a lone miss's.
+        if w.hits * 5 < w.lookups:
             saved = w.hits * w.query_ns / misses - w.hit_ns
             if saved < w.miss_ns:
                 w.skip_until = self._clock() + self.cooldown_s
