@@ -104,6 +104,29 @@ def test_the_measure_is_time_not_a_hit_ratio(clock: Clock):
     assert admission.skipping() == ["lookup"]
 
 
+def test_a_skipping_shape_is_measured_again_after_enough_reads_without_a_write(clock: Clock):
+    admission = Admission(window=10, cooldown_s=600, resume_after=5, clock=clock)
+    for _ in range(10):
+        admission.miss("q", cache_ns=50 * US, query_ns=10 * US, tables=["orders"])
+
+    def read() -> bool:
+        if admission.admits("q"):
+            return True
+        admission.skipped("q")
+        return False
+
+    assert [read() for _ in range(4)] == [False] * 4
+    admission.written(["customers"])  # another table: still quiet
+    admission.written(["orders"])  # one it reads: counting starts again
+    assert [read() for _ in range(6)] == [False] * 5 + [True]  # measured again
+    assert admission.skipping() == []
+    for _ in range(10):
+        admission.miss("q", cache_ns=50 * US, query_ns=10 * US, tables=["orders"])
+    assert [read() for _ in range(4)] == [False] * 4
+    admission.written(["*"])  # a write sqlperf could not attribute: every table
+    assert [read() for _ in range(6)] == [False] * 5 + [True]
+
+
 def test_shapes_are_forgotten_least_recently_used_first(clock: Clock):
     admission = Admission(window=10, max_shapes=2, clock=clock)
     for _ in range(10):
@@ -115,7 +138,9 @@ def test_shapes_are_forgotten_least_recently_used_first(clock: Clock):
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"window": 9}, {"cooldown_s": 0}, {"max_shapes": 0}], ids=lambda k: next(iter(k))
+    "kwargs",
+    [{"window": 9}, {"cooldown_s": 0}, {"resume_after": 0}, {"max_shapes": 0}],
+    ids=lambda k: next(iter(k)),
 )
 def test_bad_settings_are_refused(kwargs: dict[str, Any]):
     with pytest.raises(ConfigurationError, match=next(iter(kwargs))):
@@ -199,6 +224,18 @@ def test_a_statement_whose_table_is_written_after_every_read_stops_using_the_cac
         assert stats.bypasses["unprofitable"] == 40
         assert stats.misses == 20 + 1  # and the stable table's first read
         assert stats.hits == 59  # the stable table, every read after its first
+        # The writes stop: after 50 reads with no write to its table (the default
+        # resume_after), the counter is looked up again, misses once, then hits.
+        for _ in range(60):
+            if path == "core":
+                with engine.connect() as conn:
+                    assert conn.execute(read_counter).scalar_one() == 60
+            else:
+                with factory() as session:
+                    assert session.execute(read_counter).scalar_one() == 60
+        stats = cache.stats()
+        assert stats.bypasses["unprofitable"] == 40 + 50
+        assert (stats.misses, stats.hits) == (21 + 1, 59 + 9)
     finally:
         cache.close()
 

@@ -192,7 +192,7 @@ class SessionHook:
                 pass
             else:
                 cache._count_session_hit(len(look.value))
-                cache._measured_hit(plan.sql, time.perf_counter_ns() - began)
+                cache._measured_hit(plan.sql, time.perf_counter_ns() - began, plan.tables)
                 return result
         lookup = OrmLookup(key, tables, look, time.perf_counter_ns() - began)
         state.update_execution_options(**{ORM_LOOKUP: lookup})
@@ -209,6 +209,7 @@ class SessionHook:
                 plan.sql,
                 cache_ns=lookup.spent_ns + lookup.cache_ns,
                 query_ns=elapsed - lookup.cache_ns,
+                tables=plan.tables,
             )
         return ran
 

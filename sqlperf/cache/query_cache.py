@@ -423,8 +423,11 @@ class QueryCache:
     def _begin_write(self, tables: Sequence[str], *, prefixed: bool = False) -> None:
         if self.namespace and not prefixed:
             tables = [self.namespace + t for t in tables]
+        names = [t[len(self.namespace) :] for t in tables]
         with self._counters.lock:
-            self._counters.invalidations.update(t[len(self.namespace) :] for t in tables)
+            self._counters.invalidations.update(names)
+        if self._admission is not None:
+            self._admission.written(names)
         if not self._deliver_pending():
             with self._pending_lock:
                 self._pending.update(tables)
@@ -554,6 +557,7 @@ class QueryCache:
         shape = compiled.string if compiled is not None else context.statement or statement
         if reason is None and self._admission is not None and not self._admission.admits(shape):
             reason = "unprofitable"
+            self._admission.skipped(shape)
         if reason is not None:
             self._count_bypass(reason)
             context._sqlperf_cache_outcome = "bypass:" + reason
@@ -576,14 +580,16 @@ class QueryCache:
             return done is not None
         if done == "hit":
             earlier = 0 if from_orm is None else from_orm.spent_ns
-            self._admission.hit(shape, earlier + time.perf_counter_ns() - began)
+            ns = earlier + time.perf_counter_ns() - began
+            self._admission.hit(shape, ns, self._unprefixed(tables))
         elif context._sqlperf_cache_outcome == "miss":
             query_ns = context._sqlperf_query_ns
             spent = time.perf_counter_ns() - began - query_ns
             if from_orm is not None:  # the session's hook times the whole execution
                 from_orm.outcome, from_orm.cache_ns = "miss", spent
             else:
-                self._admission.miss(shape, cache_ns=spent, query_ns=query_ns)
+                names = self._unprefixed(tables)
+                self._admission.miss(shape, cache_ns=spent, query_ns=query_ns, tables=names)
         return True
 
     def _hit_or_fill(  # noqa: PLR0917 - _serve's arguments
@@ -616,9 +622,9 @@ class QueryCache:
             self._fill(cursor, statement, parameters, context, key, tables, look)
             return "filled"
 
-    def _measured_hit(self, shape: str, ns: int) -> None:
+    def _measured_hit(self, shape: str, ns: int, tables: Sequence[str]) -> None:
         if self._admission is not None:
-            self._admission.hit(shape, ns)
+            self._admission.hit(shape, ns, tables)
 
     def _admits(self, shape: str) -> bool:
         """Whether statements of ``shape`` use the cache now (see ``skip_unprofitable``)."""
@@ -640,6 +646,10 @@ class QueryCache:
 
     def _prefixed(self, tables: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(self.namespace + t for t in tables) if self.namespace else tables
+
+    def _unprefixed(self, tables: Sequence[str]) -> Sequence[str]:
+        n = len(self.namespace)
+        return [t[n:] for t in tables] if n else tables
 
     def observe_session_hits(self, observer: Callable[[], None]) -> Callable[[], None]:
         """Call ``observer()`` on each hit answered in the session, before any connection.
