@@ -22,6 +22,11 @@ from sqlalchemy.pool import NullPool
 
 from sqlperf import create_optimized_engine, safe_url
 
+# The harness modules' fixtures, for every test module: the replica cluster (``pg``),
+# and the integrations' recorder and Redis cache on it.
+from tests.replica_cluster import pg  # noqa: F401
+from tests.web_harness import query_cache, recorder  # noqa: F401
+
 URLS = {
     "postgresql": os.environ.get(
         "SQLPERF_TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test"

@@ -8,7 +8,6 @@ user would start them.
 from __future__ import annotations
 
 import os
-import re
 import socket
 import subprocess
 import sys
@@ -30,7 +29,8 @@ from examples import fastapi_app, flask_app
 from examples.shop import PAGE_SIZE, Order, OrderItem, Settings, Shop
 from sqlperf.cache import RedisBackend
 from sqlperf.demo import metadata
-from tests.test_routing import _paused, _resume
+from tests.replica_cluster import pause_replay, resume_replay
+from tests.web_harness import parse_timing
 
 ROOT = Path(__file__).resolve().parent.parent
 SEED_ORDERS = 600  # customer 1 has a few pages of orders
@@ -266,11 +266,8 @@ def test_health(client: AppClient):
 
 def _timing(reply: Reply) -> tuple[float, int, int]:
     """(db ms, queries, cache hits) of a ``Server-Timing`` header."""
-    value = _header(reply, "Server-Timing")
-    assert value is not None
-    found = re.fullmatch(r'db;dur=([0-9.]+);desc="(\d+) queries", cache;desc="(\d+) hits"', value)
-    assert found is not None, value
-    return float(found[1]), int(found[2]), int(found[3])
+    timing = parse_timing(_header(reply, "Server-Timing"))
+    return timing.dur_ms, timing.queries, timing.hits
 
 
 def test_sqlperf_mode_adds_server_timing_and_request_ids(framework: str, settings: Settings):
@@ -468,8 +465,8 @@ def test_the_shop_on_postgresql_with_its_replica_and_redis(
         _wait_for_order(replica, replayed)
         page = other.get("/customers/3/orders").body
         assert page["orders"][0]["id"] == replayed
-        _paused(replica)
-        stack.callback(_resume, replica)
+        pause_replay(replica)
+        stack.callback(resume_replay, replica)
         created = writer.post("/orders", json=order)
         assert created.status == 201
         assert _header(created, "X-Sqlperf-Token") is not None

@@ -1,11 +1,11 @@
 """sqlperf.integrations.asgi in a FastAPI app against the real primary, replica and Redis.
 
-The harness (recorder, statement counter, Server-Timing parser, Redis cache) is the
-one of ``test_integrations_flask.py``; the cluster and the replay pause are those of
-``test_routing.py``. Every behaviour is checked through ``def`` and ``async def``
-endpoints: FastAPI runs the first in a thread pool with a copy of the context, and
-closes the session (the async ``routing_session`` dependency's exit) only after the
-response has been sent.
+The harness (recorder, statement counter, Server-Timing parser, Redis cache) is
+``tests/web_harness.py``; the cluster and the replay pause are
+``tests/replica_cluster.py``'s. Every behaviour is checked through ``def`` and
+``async def`` endpoints: FastAPI runs the first in a thread pool with a copy of the
+context, and closes the session (the async ``routing_session`` dependency's exit)
+only after the response has been sent.
 """
 
 from __future__ import annotations
@@ -28,17 +28,19 @@ from starlette.exceptions import StarletteDeprecationWarning
 from sqlperf import ConfigurationError, QueryCache, RoutingSession, cached
 from sqlperf.capture import QueryRecorder
 from sqlperf.integrations.asgi import SqlperfMiddleware, routing_session
-from tests.test_integrations_flask import (
+from tests.replica_cluster import (
     PORT,
+    Cluster,
+    pause_replay,
+    resume_replay,
+)
+from tests.web_harness import (
     TOKEN,
     counting,
     parse_timing,
-    query_cache,  # noqa: F401 - a fixture
-    recorder,  # noqa: F401 - a fixture
     records_of,
     timed,
 )
-from tests.test_routing import Cluster, _paused, _resume, pg  # noqa: F401 - pg is a fixture
 
 with warnings.catch_warnings():
     # Starlette 1.x prefers httpx2 for its TestClient; httpx is what the project installs.
@@ -58,8 +60,8 @@ class NewItem(BaseModel):
 
 
 def make_app(
-    pg: Cluster,  # noqa: F811
-    recorder: QueryRecorder | None,  # noqa: F811
+    pg: Cluster,
+    recorder: QueryRecorder | None,
     **options: Any,
 ) -> FastAPI:
     app = FastAPI()
@@ -158,8 +160,8 @@ KINDS = ["sync", "async"]
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_request_id_reaches_the_records_and_is_echoed(
-    pg: Cluster,  # noqa: F811
-    recorder: QueryRecorder,  # noqa: F811
+    pg: Cluster,
+    recorder: QueryRecorder,
     client_for: Callable[[FastAPI], TestClient],
     kind: str,
 ):
@@ -193,8 +195,8 @@ def test_request_id_reaches_the_records_and_is_echoed(
     ],
 )
 def test_server_timing_counts_the_requests_statements(  # noqa: PLR0917 - fixtures, parameters
-    pg: Cluster,  # noqa: F811
-    recorder: QueryRecorder,  # noqa: F811
+    pg: Cluster,
+    recorder: QueryRecorder,
     client_for: Callable[[FastAPI], TestClient],
     method: str,
     path: str,
@@ -211,8 +213,8 @@ def test_server_timing_counts_the_requests_statements(  # noqa: PLR0917 - fixtur
 
 
 def test_server_timing_is_appended_to_the_apps_own(
-    pg: Cluster,  # noqa: F811
-    recorder: QueryRecorder,  # noqa: F811
+    pg: Cluster,
+    recorder: QueryRecorder,
     client_for: Callable[[FastAPI], TestClient],
 ):
     response = client_for(make_app(pg, recorder)).get("/own-timing")
@@ -223,9 +225,9 @@ def test_server_timing_is_appended_to_the_apps_own(
 
 
 def test_server_timing_counts_result_cache_hits(
-    pg: Cluster,  # noqa: F811
-    recorder: QueryRecorder,  # noqa: F811
-    query_cache: QueryCache,  # noqa: F811
+    pg: Cluster,
+    recorder: QueryRecorder,
+    query_cache: QueryCache,
     client_for: Callable[[FastAPI], TestClient],
 ):
     client = client_for(make_app(pg, recorder, cache=query_cache))
@@ -238,9 +240,9 @@ def test_server_timing_counts_result_cache_hits(
 
 
 def test_a_cache_installed_on_a_session_class_hits_from_the_second_request(
-    pg: Cluster,  # noqa: F811
-    recorder: QueryRecorder,  # noqa: F811
-    query_cache: QueryCache,  # noqa: F811
+    pg: Cluster,
+    recorder: QueryRecorder,
+    query_cache: QueryCache,
     client_for: Callable[[FastAPI], TestClient],
 ):
     """A cache installed on a session class meets the engines only in a request: the
@@ -258,8 +260,8 @@ def test_a_cache_installed_on_a_session_class_hits_from_the_second_request(
 
 
 def test_sessions_close_on_the_event_loop_unless_closing_does_io(
-    pg: Cluster,  # noqa: F811
-    query_cache: QueryCache,  # noqa: F811
+    pg: Cluster,
+    query_cache: QueryCache,
     client_for: Callable[[FastAPI], TestClient],
 ):
     """``routing_session`` is an async dependency: a session holding no connection (a
@@ -311,8 +313,8 @@ def test_sessions_close_on_the_event_loop_unless_closing_does_io(
     [("sync", "sync"), ("async", "async"), ("early", "sync"), ("sync", "async")],
 )
 def test_read_your_writes_across_requests_while_replay_is_paused(
-    pg: Cluster,  # noqa: F811
-    recorder: QueryRecorder,  # noqa: F811
+    pg: Cluster,
+    recorder: QueryRecorder,
     client_for: Callable[[FastAPI], TestClient],
     write: str,
     read: str,
@@ -320,7 +322,7 @@ def test_read_your_writes_across_requests_while_replay_is_paused(
     app = make_app(pg, recorder)
     writer = client_for(app)
     assert writer.get(f"/{read}/items/10").json() == {"name": None, "port": 5433}  # warm
-    _paused(pg.replica)
+    pause_replay(pg.replica)
     try:
         posted = writer.post(f"/{write}/items", json={"id": 10, "name": "fresh"})
         assert posted.status_code == 201
@@ -346,7 +348,7 @@ def test_read_your_writes_across_requests_while_replay_is_paused(
         assert response.status_code == 200
         assert response.json() == {"name": None, "port": 5433}
     finally:
-        _resume(pg.replica)
+        resume_replay(pg.replica)
 
 
 # -- N+1 --------------------------------------------------------------------------------
@@ -354,8 +356,8 @@ def test_read_your_writes_across_requests_while_replay_is_paused(
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_n_plus_one_is_recorded_and_logged(
-    pg: Cluster,  # noqa: F811
-    recorder: QueryRecorder,  # noqa: F811
+    pg: Cluster,
+    recorder: QueryRecorder,
     client_for: Callable[[FastAPI], TestClient],
     caplog: pytest.LogCaptureFixture,
     kind: str,

@@ -1,9 +1,9 @@
 """sqlperf.integrations.flask against the real PostgreSQL primary, its replica and Redis.
 
-The harness here (recorder, statement counter, Server-Timing parser, Redis cache)
-is shared with ``test_integrations_asgi.py``, which imports it; the cluster fixture
-(a fresh table on the primary, replayed on the replica) and the replay pause are
-those of ``test_routing.py``.
+The harness (recorder, statement counter, Server-Timing parser, Redis cache) is
+``tests/web_harness.py``, shared with ``test_integrations_asgi.py``; the cluster
+fixture (a fresh table on the primary, replayed on the replica) and the replay
+pause are ``tests/replica_cluster.py``'s.
 """
 
 from __future__ import annotations
@@ -13,19 +13,15 @@ import logging
 import re
 import subprocess
 import sys
-import time
-import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import flask
 import pytest
-from sqlalchemy import Engine, event, select, text
+from sqlalchemy import Engine, select, text
 
-from sqlperf import ConfigurationError, ConsistencyToken, QueryCache, RedisBackend, cached
-from sqlperf.capture import QueryRecord, QueryRecorder
+from sqlperf import ConfigurationError, ConsistencyToken, QueryCache, cached
+from sqlperf.capture import QueryRecorder
 from sqlperf.integrations._request import (
     choose_request_id,
     cookie_value,
@@ -34,87 +30,20 @@ from sqlperf.integrations._request import (
     merge_server_timing,
 )
 from sqlperf.integrations.flask import Sqlperf
-from tests.test_routing import Cluster, _paused, _resume, pg  # noqa: F401 - pg is a fixture
-
-PORT = text("SELECT inet_server_port()")
-TOKEN = re.compile(r"v1:\d+\.\d{6}:[0-9A-F]+/[0-9A-F]+")  # a PostgreSQL token: with an LSN
-SERVER_TIMING = re.compile(
-    r'(?:^|, )db;dur=(?P<dur>\d+\.\d{3});desc="(?P<queries>\d+) queries", '
-    r'cache;desc="(?P<hits>\d+) hits"$'
+from tests.replica_cluster import PORT, Cluster, pause_replay, resume_replay
+from tests.web_harness import (
+    TOKEN,
+    counting,
+    parse_timing,
+    records_of,
+    timed,
 )
-
-
-# -- the harness (also used by test_integrations_asgi.py) ------------------------------
-
-
-@dataclass
-class Timing:
-    """The ``db`` and ``cache`` metrics of a ``Server-Timing`` header."""
-
-    dur_ms: float
-    queries: int
-    hits: int
-
-
-def parse_timing(header: str | None) -> Timing:
-    assert header is not None, "no Server-Timing header"
-    match = SERVER_TIMING.search(header)
-    assert match is not None, header
-    return Timing(float(match["dur"]), int(match["queries"]), int(match["hits"]))
-
-
-@contextmanager
-def counting(*engines: Engine) -> Iterator[list[str]]:
-    """Every statement sent to ``engines`` in the block, seen by a listener of the test's own."""
-    seen: list[str] = []
-
-    def before(*args: Any) -> None:  # conn, cursor, statement, parameters, context, many
-        seen.append(args[2])
-
-    for engine in engines:
-        event.listen(engine, "before_cursor_execute", before)
-    try:
-        yield seen
-    finally:
-        for engine in engines:
-            event.remove(engine, "before_cursor_execute", before)
-
-
-def timed(call: Callable[[], Any]) -> tuple[Any, float]:
-    """``call()`` and its wall time in milliseconds."""
-    start = time.perf_counter()
-    result = call()
-    return result, (time.perf_counter() - start) * 1000
-
-
-def records_of(recorder: QueryRecorder, request_id: str, kind: str) -> list[QueryRecord]:
-    return [r for r in recorder.records() if r.request_id == request_id and r.kind == kind]
-
-
-@pytest.fixture
-def recorder(pg: Cluster) -> Iterator[QueryRecorder]:  # noqa: F811 - the imported fixture
-    """A recorder on both engines that records every statement (``slow_ms=0``)."""
-    rec = QueryRecorder(slow_ms=0, stats_interval_s=None).attach(pg.primary, pg.replica)
-    yield rec
-    rec.close()
-
-
-@pytest.fixture
-def query_cache(redis_url: str) -> Iterator[QueryCache]:
-    """A QueryCache on Redis, in a namespace of its own that is cleared afterwards."""
-    backend = RedisBackend(redis_url, namespace=f"sqlperf-test-{uuid.uuid4().hex[:8]}")
-    cache = QueryCache(backend, ttl=60)
-    yield cache
-    cache.close()
-    backend.clear()
-    backend.close()
-
 
 # -- the app --------------------------------------------------------------------------
 
 
 def make_app(
-    pg: Cluster,  # noqa: F811
+    pg: Cluster,
     recorder: QueryRecorder | None,
     **options: Any,
 ) -> tuple[flask.Flask, Sqlperf]:
@@ -159,7 +88,7 @@ def make_app(
 # -- request ids ------------------------------------------------------------------------
 
 
-def test_request_id_reaches_the_records_and_is_echoed(pg: Cluster, recorder: QueryRecorder):  # noqa: F811
+def test_request_id_reaches_the_records_and_is_echoed(pg: Cluster, recorder: QueryRecorder):
     app, _ = make_app(pg, recorder)
     client = app.test_client()
     with counting(pg.primary, pg.replica) as seen:
@@ -173,7 +102,7 @@ def test_request_id_reaches_the_records_and_is_echoed(pg: Cluster, recorder: Que
 
 
 def test_request_id_is_generated_when_missing_or_unusable(
-    pg: Cluster,  # noqa: F811
+    pg: Cluster,
     recorder: QueryRecorder,
 ):
     app, _ = make_app(pg, recorder)
@@ -200,7 +129,7 @@ def test_request_id_is_generated_when_missing_or_unusable(
     ],
 )
 def test_server_timing_counts_the_requests_statements(
-    pg: Cluster,  # noqa: F811
+    pg: Cluster,
     recorder: QueryRecorder,
     method: str,
     path: str,
@@ -217,7 +146,7 @@ def test_server_timing_counts_the_requests_statements(
     assert timing.hits == 0
 
 
-def test_server_timing_is_appended_to_the_apps_own(pg: Cluster, recorder: QueryRecorder):  # noqa: F811
+def test_server_timing_is_appended_to_the_apps_own(pg: Cluster, recorder: QueryRecorder):
     app, _ = make_app(pg, recorder)
     response = app.test_client().get("/own-timing")
     header = response.headers["Server-Timing"]
@@ -227,7 +156,7 @@ def test_server_timing_is_appended_to_the_apps_own(pg: Cluster, recorder: QueryR
 
 
 def test_server_timing_counts_result_cache_hits(
-    pg: Cluster,  # noqa: F811
+    pg: Cluster,
     recorder: QueryRecorder,
     query_cache: QueryCache,
 ):
@@ -252,13 +181,13 @@ def test_server_timing_counts_result_cache_hits(
 
 
 def test_read_your_writes_across_requests_while_replay_is_paused(
-    pg: Cluster,  # noqa: F811
+    pg: Cluster,
     recorder: QueryRecorder,
 ):
     app, _ = make_app(pg, recorder)
     writer = app.test_client()
     assert writer.get("/items/10").json == {"name": None, "port": 5433}  # warm
-    _paused(pg.replica)
+    pause_replay(pg.replica)
     try:
         posted = writer.post("/items", json={"id": 10, "name": "fresh"})
         assert posted.status_code == 201
@@ -287,14 +216,14 @@ def test_read_your_writes_across_requests_while_replay_is_paused(
         assert response.status_code == 200
         assert response.json == {"name": None, "port": 5433}
     finally:
-        _resume(pg.replica)
+        resume_replay(pg.replica)
 
 
 # -- N+1 --------------------------------------------------------------------------------
 
 
 def test_n_plus_one_is_recorded_and_logged(
-    pg: Cluster,  # noqa: F811
+    pg: Cluster,
     recorder: QueryRecorder,
     caplog: pytest.LogCaptureFixture,
 ):

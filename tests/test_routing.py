@@ -6,12 +6,11 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 import pytest
-from sqlalchemy import Engine, String, insert, select, text, update
+from sqlalchemy import Engine, insert, select, text, update
 from sqlalchemy.engine import make_url
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+from sqlalchemy.orm import sessionmaker
 
 from sqlperf import ConfigurationError
 from sqlperf.routing import (
@@ -23,10 +22,16 @@ from sqlperf.routing import (
     routing_stats,
 )
 from tests.conftest import require
+from tests.replica_cluster import (
+    PORT,
+    Cluster,
+    make_item_model,
+    pause_replay,
+    resume_replay,
+)
 from tests.tcp_proxy import TcpProxy
 
 MakeEngine = Callable[..., Engine]
-PORT = text("SELECT inet_server_port()")
 
 
 def served_by(session: RoutingSession, stmt: object) -> Engine:
@@ -34,69 +39,6 @@ def served_by(session: RoutingSession, stmt: object) -> Engine:
     result = session.execute(stmt)
     engine: Engine = result.context.root_connection.engine
     return engine
-
-
-@dataclass
-class Cluster:
-    primary: Engine
-    replica: Engine
-    table: str
-    model: type
-
-
-def _make_model(table: str) -> type:
-    class Base(DeclarativeBase):
-        pass
-
-    class Item(Base):
-        __tablename__ = table
-        id: Mapped[int] = mapped_column(primary_key=True)
-        name: Mapped[str] = mapped_column(String(40))
-
-    return Item
-
-
-def _wait_replayed(replica: Engine, table: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        with replica.connect() as conn:
-            if conn.execute(text("SELECT to_regclass(:t)"), {"t": table}).scalar() is not None:
-                return
-        assert time.monotonic() < deadline, f"{table} never reached the replica"
-        time.sleep(0.05)
-
-
-@pytest.fixture
-def pg(postgres_url: str, replica_url: str, make_engine: MakeEngine) -> Iterator[Cluster]:
-    """The real primary and its streaming replica, with a fresh table on both."""
-    primary = make_engine(postgres_url)
-    replica = make_engine(replica_url, read_only=True)
-    table = f"sqlperf_rt_{uuid.uuid4().hex[:10]}"
-    model = _make_model(table)
-    model.metadata.create_all(primary)  # type: ignore[attr-defined]
-    _wait_replayed(replica, table)
-    try:
-        yield Cluster(primary, replica, table, model)
-    finally:
-        with replica.connect() as conn:  # never leave replay paused
-            conn.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql(
-                "SELECT pg_wal_replay_resume()"
-            )
-        model.metadata.drop_all(primary)  # type: ignore[attr-defined]
-
-
-def _paused(replica: Engine) -> None:
-    with replica.connect() as conn:
-        conn.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql(
-            "SELECT pg_wal_replay_pause()"
-        )
-
-
-def _resume(replica: Engine) -> None:
-    with replica.connect() as conn:
-        conn.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql(
-            "SELECT pg_wal_replay_resume()"
-        )
 
 
 # -- the real PostgreSQL replica -------------------------------------------------------
@@ -177,7 +119,7 @@ def test_read_your_writes_while_replay_is_paused(pg: Cluster):
     Item = pg.model
     with Session() as s:
         assert s.scalar(PORT) == 5433  # warm: the replica is known and healthy
-    _paused(pg.replica)
+    pause_replay(pg.replica)
     try:
         with Session() as writer:
             writer.add(Item(id=10, name="fresh"))
@@ -195,7 +137,7 @@ def test_read_your_writes_while_replay_is_paused(pg: Cluster):
             assert stale.scalar(PORT) == 5433
             assert stale.scalar(select(Item.name).where(Item.id == 10)) is None  # type: ignore[attr-defined]
     finally:
-        _resume(pg.replica)
+        resume_replay(pg.replica)
     # Once replayed, the token no longer pins reads to the primary.
     deadline = time.monotonic() + 30
     while True:
@@ -219,7 +161,7 @@ def test_lagging_replica_is_skipped(pg: Cluster):
     Item = pg.model
     with Session() as s:
         assert s.scalar(PORT) == 5433
-    _paused(pg.replica)
+    pause_replay(pg.replica)
     try:
         with pg.primary.begin() as conn:  # WAL the replica has not replayed
             conn.execute(insert(Item.__table__), [{"id": 20, "name": "lag"}])  # type: ignore[attr-defined]
@@ -232,7 +174,7 @@ def test_lagging_replica_is_skipped(pg: Cluster):
         assert health.lag_s is not None
         assert health.lag_s > 0.2
     finally:
-        _resume(pg.replica)
+        resume_replay(pg.replica)
     deadline = time.monotonic() + 30
     while True:
         with Session() as s:
@@ -313,7 +255,7 @@ def stand_in(
     url = require("mysql") if request.param == "mysql" else f"sqlite:///{tmp_path}/routing.db"
     primary = make_engine(url)
     table = f"sqlperf_rt_{uuid.uuid4().hex[:10]}"
-    model = _make_model(table)
+    model = make_item_model(table)
     model.metadata.create_all(primary)  # type: ignore[attr-defined]
     replica = make_engine(url, read_only=True)
     yield Cluster(primary, replica, table, model)
