@@ -596,6 +596,20 @@ _DETAIL = (
 )
 
 
+def _detail_of(rows: Sequence[_Row]) -> OrderDetail | None:
+    """An order detail from the rows of ``_DETAIL`` (``None``: no such order)."""
+    if not rows:
+        return None
+    first = rows[0]
+    summary = _summary(first, [_line(row) for row in rows if row.line_no is not None])
+    customer: CustomerRef = {
+        "id": first.customer_id,
+        "name": first.customer_name,
+        "email": first.customer_email,
+    }
+    return {**summary, "customer": customer}
+
+
 def _write_transaction(session: Session) -> AbstractContextManager[object]:
     """A transaction committed at the end of the block, rolled back on an exception.
 
@@ -750,17 +764,20 @@ class Shop:
         Returns ``None`` if there is no such order. A commit that writes any of the
         four tables invalidates the cached copies, in every process sharing the cache.
         """
-        rows = session.execute(self._detail, {"order_id": order_id}).all()
-        if not rows:
-            return None
-        first = rows[0]
-        summary = _summary(first, [_line(row) for row in rows if row.line_no is not None])
-        customer: CustomerRef = {
-            "id": first.customer_id,
-            "name": first.customer_name,
-            "email": first.customer_email,
-        }
-        return {**summary, "customer": customer}
+        return _detail_of(session.execute(self._detail, {"order_id": order_id}).all())
+
+    def cached_order_detail(
+        self, session: Session, order_id: int
+    ) -> tuple[bool, OrderDetail | None]:
+        """``(True, detail)`` if the cache answers :meth:`order_detail` from this process's
+        memory, without any I/O (so an ``async`` endpoint may call it on the event loop);
+        ``(False, None)`` otherwise, and always without a cache."""
+        if self.cache is None:
+            return False, None
+        result = self.cache.answer_locally(session, self._detail, {"order_id": order_id})
+        if result is None:
+            return False, None
+        return True, _detail_of(result.all())
 
     # -- writes ---------------------------------------------------------------------
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from sqlalchemy.orm import (
 
 from sqlperf import ConfigurationError, RoutingSession, routing_stats
 from sqlperf.cache import (
+    LayeredBackend,
     MemoryBackend,
     QueryCache,
     RedisBackend,
@@ -274,6 +276,91 @@ def test_table_column_selects_hit_without_a_connection_and_match_the_query(shop:
     assert statements_run == []
     stats = shop.cache.stats()
     assert (stats.misses, stats.hits) == (3, 3)
+
+
+@contextmanager
+def _statements(engine: Engine) -> Iterator[list[str]]:
+    """Every statement sent to ``engine`` in the block."""
+    seen: list[str] = []
+
+    def before(*args: Any) -> None:
+        seen.append(args[2])
+
+    event.listen(engine, "before_cursor_execute", before)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "before_cursor_execute", before)
+
+
+def test_answer_locally_answers_memory_hits_and_never_does_io(shop: Shop):
+    """``answer_locally`` returns what ``execute`` would for a hit held in process memory
+    (MemoryBackend), and ``None`` for anything else (a miss, Redis, a dirty session, an
+    uncached statement), without a statement, a flush or a transaction."""
+    user = shop.User
+    stmt = select(user.name, user.id).where(user.id == 1).options(cached())
+    local = isinstance(shop.backend, MemoryBackend)
+    with _statements(shop.engine) as seen, shop.Session() as s:
+        assert shop.cache.answer_locally(s, stmt) is None  # nothing stored yet
+        assert s.get_transaction() is None
+    assert seen == []
+    with shop.Session() as s:
+        expected = s.execute(stmt).all()  # the fill
+    with _statements(shop.engine) as seen, shop.Session() as s:
+        result = shop.cache.answer_locally(s, stmt)
+        if local:
+            assert result is not None
+            assert result.all() == expected
+            assert shop.cache.stats().hits == 1
+        else:
+            assert result is None  # an entry in Redis needs a round trip
+            assert shop.cache.stats().hits == 0
+        assert s.get_transaction() is None  # no connection was asked for
+        # Pending changes would be flushed before the query: not answered, not flushed
+        # (no statement reaches the engine, below).
+        s.add(user(id=3, name="cy"))
+        assert shop.cache.answer_locally(s, stmt) is None
+        assert s.new
+        s.expunge_all()
+        # A statement without cached() would run: not answered.
+        assert shop.cache.answer_locally(s, select(user.name).where(user.id == 1)) is None
+    assert seen == []
+    with shop.Session() as s, pytest.raises(ConfigurationError, match="install"):
+        shop.cache.answer_locally(Session(shop.engine), stmt)
+
+
+def test_answer_locally_reads_a_layered_backends_memory_level(
+    postgres_url: str, redis_url: str, make_engine: MakeEngine
+):
+    engine = make_engine(postgres_url)
+    base, user, _ = _models(uuid.uuid4().hex[:8])
+    base.metadata.create_all(engine)
+    factory = sessionmaker(engine)
+    with factory.begin() as s:
+        s.add(user(id=1, name="ann"))
+    remote = RedisBackend(redis_url, namespace=f"sqlperf-test-{uuid.uuid4().hex[:8]}")
+    backend = LayeredBackend(remote)
+    cache = QueryCache(backend, ttl=60).install(factory)
+    stmt = select(user).where(user.id == 1).options(cached())
+    try:
+        with factory() as s:
+            s.execute(stmt).scalar_one()  # stored in Redis
+        with factory() as s:
+            assert cache.answer_locally(s, stmt) is None  # only in Redis so far
+            s.execute(stmt).scalar_one()  # a Redis hit, copied into the memory level
+        with _statements(engine) as seen, factory() as s:
+            result = cache.answer_locally(s, stmt)
+            assert result is not None
+            hit = result.scalar_one()
+            assert (hit.id, hit.name) == (1, "ann")
+            assert hit in s
+        assert seen == []
+        with factory.begin() as s:  # a commit invalidates the memory level too
+            s.execute(update(user).where(user.id == 1).values(name="ann2"))
+        with factory() as s:
+            assert cache.answer_locally(s, stmt) is None
+    finally:
+        _teardown(cache, base, engine, backend)
 
 
 def test_cache_all_and_no_cache(shop: Shop):

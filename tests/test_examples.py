@@ -487,3 +487,26 @@ def _wait_for_order(replica: Engine, order_id: int, timeout: float = 30) -> None
                 return
         assert time.monotonic() < deadline, f"order {order_id} never reached the replica"
         time.sleep(0.05)
+
+
+def test_a_cached_detail_is_answered_from_memory_without_io(settings: Settings):
+    """What the FastAPI app's async detail endpoint calls on the event loop."""
+    shop = Shop(settings)
+    try:
+        with shop.sessions() as session:
+            assert shop.cached_order_detail(session, 11) == (False, None)  # not stored yet
+            expected = shop.order_detail(session, 11)
+        with shop.sessions() as session:
+            assert shop.cached_order_detail(session, 11) == (True, expected)
+            assert session.get_transaction() is None  # no connection was asked for
+            assert shop.cached_order_detail(session, 10**9) == (False, None)
+            assert shop.order_detail(session, 10**9) is None  # stored empty: a 404
+            assert shop.cached_order_detail(session, 10**9) == (True, None)
+    finally:
+        shop.close()
+    plain = Shop(replace(settings, mode="plain"))
+    try:
+        with plain.sessions() as session:
+            assert plain.cached_order_detail(session, 11) == (False, None)
+    finally:
+        plain.close()

@@ -141,6 +141,11 @@ class MemoryBackend:
                     return True
         return False
 
+    def lookup_local(self, key: str, tables: Sequence[str]) -> bytes | None:
+        """The value of ``key``, from this process's memory (all of this backend is):
+        the optional method ``QueryCache.answer_locally`` uses."""
+        return self.lookup(key, tables).value
+
     def lookup(self, key: str, tables: Sequence[str]) -> Lookup:
         """See :meth:`CacheBackend.lookup`."""
         now = time.monotonic()

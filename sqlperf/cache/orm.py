@@ -30,10 +30,18 @@ from sqlperf.routing import ROUTE_OPTION
 if TYPE_CHECKING:
     from sqlperf.cache.query_cache import QueryCache
 
-__all__ = ["ORM_LOOKUP", "WRITTEN", "OrmLookup", "SessionHook"]
+__all__ = ["LOCAL_ONLY", "ORM_LOOKUP", "WRITTEN", "NotLocal", "OrmLookup", "SessionHook"]
 
 #: Execution option carrying a miss's :class:`OrmLookup` to the DB-API step.
 ORM_LOOKUP = "_sqlperf_cache_lookup"
+#: Execution option: answer from this process's memory or raise :class:`NotLocal`.
+LOCAL_ONLY = "_sqlperf_cache_local_only"
+
+
+class NotLocal(Exception):
+    """The statement cannot be answered without I/O (see ``QueryCache.answer_locally``)."""
+
+
 #: ``connection.info`` key of the tables a connection's transaction wrote.
 WRITTEN = "sqlperf.cache.written"
 
@@ -101,7 +109,18 @@ class SessionHook:
         self._installed = keep
 
     def on_orm_execute(self, state: ORMExecuteState) -> Result[Any] | None:
-        """``do_orm_execute``: a hit's result, or ``None`` to run the statement."""
+        """``do_orm_execute``: a hit's result, or ``None`` to run the statement.
+
+        Raises:
+            NotLocal: under :data:`LOCAL_ONLY`, when the answer would need I/O.
+        """
+        local = bool(state.execution_options.get(LOCAL_ONLY))
+        result = self._hit(state, local)
+        if result is None and local:
+            raise NotLocal
+        return result
+
+    def _hit(self, state: ORMExecuteState, local: bool) -> Result[Any] | None:
         directive = self._directive(state)
         if directive is None:
             return None
@@ -137,6 +156,8 @@ class SessionHook:
         ):
             return None
         plan, bound_values = found
+        if local:
+            return self._answer_locally(state, session, bind, plan, bound_values)
         return self._answer(state, session, bind, plan, bound_values)
 
     def _directive(self, state: ORMExecuteState) -> CacheDirective | None:
@@ -164,6 +185,43 @@ class SessionHook:
             return None
         return plan, [b.effective_value for b in cache_key.bindparams]
 
+    def _key(self, state: ORMExecuteState, bind: Engine, plan: FastPlan, values: list[Any]) -> str:
+        cache = self.cache
+        prefix = f"{cache.namespace}\0orm\0{bind.dialect.name}\0{bind.url.database or ''}\0"
+        return result_key(prefix, plan.sql, (values, state.parameters))
+
+    def _answer_locally(
+        self,
+        state: ORMExecuteState,
+        session: Session,
+        bind: Engine,
+        plan: FastPlan,
+        values: list[Any],
+    ) -> Result[Any] | None:
+        """A hit held in this process's memory, or ``None``; never any I/O."""
+        began = time.perf_counter_ns()
+        cache = self.cache
+        lookup_local = getattr(cache.backend, "lookup_local", None)
+        if (
+            lookup_local is None
+            or cache._pending  # delivering them would talk to the backend
+            or not cache._breaker.allows()
+            or not cache._admits(plan.sql)
+        ):
+            return None
+        tables = cache._prefixed(plan.tables)
+        value = lookup_local(self._key(state, bind, plan, values), tables)
+        if value is None:
+            return None
+        try:
+            description, rows = cache._codec.decode(value)
+            result = plan.build(session, description, rows)
+        except (BadPayload, Fallback):
+            return None  # the general path will deal with it, off the event loop
+        cache._count_session_hit(len(value))
+        cache._measured_hit(plan.sql, time.perf_counter_ns() - began, plan.tables)
+        return result
+
     def _answer(
         self,
         state: ORMExecuteState,
@@ -176,8 +234,7 @@ class SessionHook:
         cache = self.cache
         if not cache._deliver_pending() or not cache._admits(plan.sql):
             return None  # the general path runs the query and counts the bypass
-        prefix = f"{cache.namespace}\0orm\0{bind.dialect.name}\0{bind.url.database or ''}\0"
-        key = result_key(prefix, plan.sql, (values, state.parameters))
+        key = self._key(state, bind, plan, values)
         tables = cache._prefixed(plan.tables)
         look = cache._lookup(key, tables)
         if look is None:
@@ -212,6 +269,10 @@ class SessionHook:
                 tables=plan.tables,
             )
         return ran
+
+    def is_installed_on(self, session: Session) -> bool:
+        """Whether this hook runs for ``session``'s statements."""
+        return any(fn == self.on_orm_execute for fn in session.dispatch.do_orm_execute)
 
     def session_wrote(self, session: Session) -> bool:
         """Has a connection of the session's current transaction written?"""

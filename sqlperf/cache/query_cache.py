@@ -44,7 +44,7 @@ import threading
 import time
 import weakref
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,7 +65,7 @@ from sqlperf.cache.keys import (
     tables_written_by_sql,
 )
 from sqlperf.cache.options import CACHE_OPTION, CacheDirective, directive_of
-from sqlperf.cache.orm import ORM_LOOKUP, WRITTEN, OrmLookup, SessionHook
+from sqlperf.cache.orm import LOCAL_ONLY, ORM_LOOKUP, WRITTEN, NotLocal, OrmLookup, SessionHook
 from sqlperf.cache.payload import BadPayload, PayloadCodec
 from sqlperf.cache.replay import ReplayCursor
 from sqlperf.exceptions import ConfigurationError
@@ -398,6 +398,41 @@ class QueryCache:
         """
         self._orm.install(target)
         return self
+
+    def answer_locally(
+        self, session: Session, stmt: Executable, params: Mapping[str, Any] | None = None
+    ) -> Result[Any] | None:
+        """What ``session.execute(stmt, params)`` returns, if this process's memory holds it.
+
+        Only a hit of the session's fast path (``docs/cache.md``) whose entry is in
+        memory (a :class:`MemoryBackend`, or the memory level of a
+        :class:`LayeredBackend`) is answered; anything else returns ``None``
+        without any I/O: no database, no Redis, no flush. So an ``async`` endpoint
+        can call it on the event loop and send only what it cannot answer to a
+        worker thread, sparing a cache hit the thread pool's round trip::
+
+            result = cache.answer_locally(session, stmt, {"id": order_id})
+            if result is None:
+                result = await run_in_threadpool(session.execute, stmt, {"id": order_id})
+
+        The hit counts as any other (stats, ``Server-Timing``). Other
+        ``do_orm_execute`` hooks of the session run first, as for ``execute``.
+
+        Raises:
+            ConfigurationError: the cache is not installed on ``session``.
+        """
+        if not self._orm.is_installed_on(session):
+            raise ConfigurationError(
+                "answer_locally needs the cache installed on this session: "
+                "cache.install(sessionmaker or Session subclass)"
+            )
+        try:
+            result: Result[Any] = session.execute(
+                stmt, params, execution_options={LOCAL_ONLY: True}
+            )
+        except NotLocal:
+            return None
+        return result
 
     def uninstall(self, target: Any = None) -> None:
         """Undo :meth:`install` for ``target`` (every target if ``None``). Engines stay
