@@ -66,7 +66,8 @@ class Admission:
         clock: a monotonic clock in seconds (tests pass their own).
 
     Raises:
-        ConfigurationError: a window under 10, a cooldown of 0 or less, no shapes.
+        ConfigurationError: a window under 10, a cooldown of 0 or less, a
+            ``resume_after`` under 1, or no shapes.
 
     Example::
 
