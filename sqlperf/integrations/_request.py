@@ -342,6 +342,12 @@ class RequestState:
                 recorder.scope(request_id=self.request_id, **tags)
             )
 
+    def name_endpoint(self, endpoint: str) -> None:
+        """Set the scope's ``endpoint`` tag (to the route's template once routing is done),
+        for the records written from now on."""
+        if self.scope is not None:
+            self.scope.tags["endpoint"] = endpoint
+
     def open_session(self) -> RoutingSession:
         """A new routing session whose reads see the request's incoming token."""
         session = self.integration.sessionmaker()

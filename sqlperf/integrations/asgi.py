@@ -149,10 +149,12 @@ class SqlperfMiddleware:
         state = self._integration.begin(**found, secure=scope.get("scheme") in ("https", "wss"))
         # A state dict of the request's own: the server's may be shared lifespan state.
         scope = {**scope, "state": {**scope.get("state", {}), STATE_KEY: state}}
+        # The path until the router has matched a route; then the route's template.
         state.open_scope(endpoint=scope["path"], method=scope["method"])
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
+                _name_endpoint(state, scope)  # for the records still to come (N+1)
                 message = await _add_headers(state, message)
             await send(message)
 
@@ -163,6 +165,14 @@ class SqlperfMiddleware:
                 if state.has_sessions:  # a session closing rolls back: a round trip
                     await anyio.to_thread.run_sync(state.close_sessions)
             state.finish()  # here, in the context that opened the scope
+
+
+def _name_endpoint(state: RequestState, scope: ASGIScope) -> None:
+    """Tag the request's scope with its route's path template (``/items/{item_id}``),
+    once the router has matched one."""
+    path = getattr(scope.get("route"), "path", None)
+    if isinstance(path, str):
+        state.name_endpoint(path)
 
 
 async def _add_headers(state: RequestState, message: Message) -> Message:
@@ -211,6 +221,7 @@ async def routing_session(request: Request) -> AsyncIterator[RoutingSession]:
             "routing_session needs SqlperfMiddleware: "
             "app.add_middleware(SqlperfMiddleware, primary=engine, ...)"
         )
+    _name_endpoint(state, request.scope)  # routed by now: before the endpoint's statements
     session = state.open_session()
     try:
         yield session
