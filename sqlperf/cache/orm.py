@@ -213,11 +213,22 @@ class SessionHook:
         value = lookup_local(self._key(state, bind, plan, values), tables)
         if value is None:
             return None
+        return self._result_of(session, plan, value, began)
+
+    def _result_of(
+        self, session: Session, plan: FastPlan, value: bytes, began: int
+    ) -> Result[Any] | None:
+        """A hit's result built from a stored ``value`` (counted as a hit), or ``None``
+        when the payload is bad (logged and counted) or its rows do not fit the plan."""
+        cache = self.cache
         try:
             description, rows = cache._codec.decode(value)
             result = plan.build(session, description, rows)
-        except (BadPayload, Fallback):
-            return None  # the general path will deal with it, off the event loop
+        except BadPayload as exc:
+            cache._bad_payload(str(exc))
+            return None
+        except Fallback:
+            return None
         cache._count_session_hit(len(value))
         cache._measured_hit(plan.sql, time.perf_counter_ns() - began, plan.tables)
         return result
@@ -240,16 +251,8 @@ class SessionHook:
         if look is None:
             return None
         if look.value is not None:
-            try:
-                description, rows = cache._codec.decode(look.value)
-                result = plan.build(session, description, rows)
-            except BadPayload as exc:
-                cache._bad_payload(str(exc))
-            except Fallback:
-                pass
-            else:
-                cache._count_session_hit(len(look.value))
-                cache._measured_hit(plan.sql, time.perf_counter_ns() - began, plan.tables)
+            result = self._result_of(session, plan, look.value, began)
+            if result is not None:
                 return result
         lookup = OrmLookup(key, tables, look, time.perf_counter_ns() - began)
         state.update_execution_options(**{ORM_LOOKUP: lookup})
