@@ -7,11 +7,28 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, ForeignKey, String, event, func, inspect, select, text, update
+from sqlalchemy import (
+    JSON,
+    Column,
+    DateTime,
+    Engine,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    event,
+    func,
+    inspect,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.orm import (
     DeclarativeBase,
     Mapped,
@@ -35,9 +52,11 @@ from sqlperf.cache import (
     no_cache,
 )
 from sqlperf.cache.backends import CacheBackend
+from sqlperf.cache.payload import PayloadCodec
 from tests.conftest import require
 
 MakeEngine = Callable[..., Engine]
+_AT = datetime(2026, 11, 22, 9, 30, 15)
 
 
 @dataclass
@@ -276,6 +295,56 @@ def test_table_column_selects_hit_without_a_connection_and_match_the_query(shop:
     assert statements_run == []
     stats = shop.cache.stats()
     assert (stats.misses, stats.hits) == (3, 3)
+
+
+class _CountingCodec(PayloadCodec):
+    """The cache's codec, counting the payloads it decodes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.decoded = 0
+
+    def decode(self, value: bytes) -> Any:
+        self.decoded += 1
+        return super().decode(value)
+
+
+def test_hits_decode_an_entry_once_unless_its_values_can_change(shop: Shop):
+    """A hit meeting an entry it has decoded before reuses its rows when every value
+    is immutable; rows holding a mutable value (a JSON document) are decoded again for
+    every hit, so that changing one result never changes the next."""
+    table = Table(
+        f"docs_{uuid.uuid4().hex[:8]}",
+        MetaData(),
+        Column("id", Integer, primary_key=True),
+        Column("doc", JSON),
+        Column("at", DateTime),
+    )
+    table.create(shop.engine)
+    try:
+        with shop.engine.begin() as conn:
+            conn.execute(table.insert(), [{"id": 1, "doc": {"tags": ["a"]}, "at": _AT}])
+        _settled(shop)
+        codec = shop.cache._codec = _CountingCodec()
+        plain = select(table.c.id, table.c.at).options(cached())
+        mutable = select(table.c.doc).options(cached())
+        for stmt in (plain, mutable):
+            with shop.Session() as s:
+                s.execute(stmt).all()  # fills
+        assert codec.decoded == 0
+        for _ in range(3):
+            with shop.Session() as s:
+                assert s.execute(plain).all() == [(1, _AT)]
+        assert codec.decoded == 1  # the first hit decoded; the others reused its rows
+        with shop.Session() as s:
+            first = s.execute(mutable).scalar_one()
+            first["tags"].append("changed by the caller")
+        with shop.Session() as s:
+            assert s.execute(mutable).scalar_one() == {"tags": ["a"]}
+        assert codec.decoded == 3
+        assert shop.cache.stats().hits == 5
+    finally:
+        table.drop(shop.engine)
 
 
 @contextmanager

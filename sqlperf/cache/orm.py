@@ -10,7 +10,10 @@ transaction, so a session that wrote is never answered from the cache.
 
 from __future__ import annotations
 
+import datetime
+import decimal
 import time
+import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +50,26 @@ WRITTEN = "sqlperf.cache.written"
 
 _SESSION_CONNS = "sqlperf.cache.connections"
 _DEFAULT = CacheDirective()
+#: The largest entry whose rows are memoized (point lookups, small pages).
+_MEMO_MAX_BYTES = 8192
+#: Value types a memoized result row may hold: none can be changed in place.
+_IMMUTABLE = frozenset(
+    {
+        type(None),
+        bool,
+        int,
+        float,
+        str,
+        bytes,
+        complex,
+        decimal.Decimal,
+        datetime.datetime,
+        datetime.date,
+        datetime.time,
+        datetime.timedelta,
+        uuid.UUID,
+    }
+)
 _UNKNOWN: Any = object()
 
 
@@ -69,6 +92,10 @@ class SessionHook:
         self.cache = cache
         self._installed: list[tuple[Any, list[tuple[str, Any]]]] = []
         self._plans = Memo(4096)  # (statement shape, engine) -> FastPlan, or None: no fit
+        # (id(plan), stored value) -> (plan, its processed rows): a hit on an entry met
+        # before skips unpickling and result processing. Only rows of immutable values
+        # are kept, since every hit of the entry shares them.
+        self._rows = Memo(1024)
 
     def install(self, target: Any) -> None:
         """See :meth:`QueryCache.install`."""
@@ -222,8 +249,8 @@ class SessionHook:
         when the payload is bad (logged and counted) or its rows do not fit the plan."""
         cache = self.cache
         try:
-            description, rows = cache._codec.decode(value)
-            result = plan.build(session, description, rows)
+            rows = self._rows_of(plan, value)
+            result = plan.result(session, rows)
         except BadPayload as exc:
             cache._bad_payload(str(exc))
             return None
@@ -232,6 +259,28 @@ class SessionHook:
         cache._count_session_hit(len(value))
         cache._measured_hit(plan.sql, time.perf_counter_ns() - began, plan.tables)
         return result
+
+    def _rows_of(self, plan: FastPlan, value: bytes) -> list[tuple[Any, ...]]:
+        """``value``'s rows as the query returns them, decoded once per entry.
+
+        Raises:
+            BadPayload: the payload is bad.
+            Fallback: its rows do not fit the plan.
+        """
+        # Keyed by the bytes themselves: equal bytes decode to equal rows, and a
+        # bytes object keeps its hash, so a memory backend's entry hashes once.
+        memo_key = (id(plan), value)
+        found = self._rows.get(memo_key)
+        if found is not None and found[0] is plan:
+            rows: list[tuple[Any, ...]] = found[1]
+            return rows
+        description, stored = self.cache._codec.decode(value)
+        rows = plan.rows(description, stored)
+        if len(value) <= _MEMO_MAX_BYTES and all(
+            type(v) in _IMMUTABLE for row in rows for v in row
+        ):
+            self._rows.put(memo_key, (plan, rows))
+        return rows
 
     def _answer(
         self,

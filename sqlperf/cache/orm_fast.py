@@ -73,46 +73,72 @@ class FastPlan:
     parts: tuple[_Entity | _Column, ...]
     names: tuple[str, ...]
     types: tuple[Any, ...]
-    _processors: dict[tuple[Any, ...], tuple[Processor, ...]] = field(default_factory=dict)
+    _processors: dict[tuple[Any, ...], tuple[tuple[int, Processor], ...]] = field(
+        default_factory=dict
+    )
 
-    def processors(self, description: Sequence[Sequence[Any]]) -> tuple[Processor, ...]:
-        """Each column's result processor for the driver's type codes, memoized."""
+    def __post_init__(self) -> None:
+        # Columns only, each in its own place: a stored row is already a result row.
+        self._rows_as_stored = len(self.parts) == len(self.types) and all(
+            type(p) is _Column and p.position == i for i, p in enumerate(self.parts)
+        )
+        # Shared by every result of this shape, as SQLAlchemy shares a compiled
+        # statement's metadata between its cursor results.
+        self._metadata = SimpleResultMetaData(self.names)
+
+    def processors(self, description: Sequence[Sequence[Any]]) -> tuple[tuple[int, Processor], ...]:
+        """The columns that need a result processor for the driver's type codes, with
+        it (``(position, processor)``), memoized."""
         codes = tuple(d[1] for d in description)
-        procs = self._processors.get(codes)
-        if procs is None:
+        active = self._processors.get(codes)
+        if active is None:
             dialect = self.engine.dialect
-            procs = tuple(
-                t.dialect_impl(dialect).result_processor(dialect, code)
-                for t, code in zip(self.types, codes, strict=True)
+            active = tuple(
+                (i, proc)
+                for i, (t, code) in enumerate(zip(self.types, codes, strict=True))
+                if (proc := t.dialect_impl(dialect).result_processor(dialect, code)) is not None
             )
             if len(self._processors) < 16:
-                self._processors[codes] = procs
-        return procs
+                self._processors[codes] = active
+        return active
 
-    def build(
-        self, session: Session, description: Sequence[Sequence[Any]], rows: list[tuple[Any, ...]]
-    ) -> Result[Any]:
-        """The ``Result`` the query would have returned, its entities in ``session``.
+    def rows(
+        self, description: Sequence[Sequence[Any]], stored: list[tuple[Any, ...]]
+    ) -> list[tuple[Any, ...]]:
+        """The stored rows with the types' result processing applied (what the
+        driver's rows become in a query's result).
 
         Raises:
             Fallback: the rows do not fit this plan.
         """
         if len(description) != len(self.types):
             raise Fallback("column count")
-        procs = self.processors(description)
-        if any(procs):
-            rows = [
-                tuple(v if p is None else p(v) for v, p in zip(row, procs, strict=True))
-                for row in rows
-            ]
+        active = self.processors(description)
+        if not active:
+            return stored
+        out = []
+        for row in stored:
+            values = list(row)
+            for i, proc in active:
+                values[i] = proc(values[i])  # type: ignore[misc]
+            out.append(tuple(values))
+        return out
+
+    def result(self, session: Session, rows: list[tuple[Any, ...]]) -> Result[Any]:
+        """The ``Result`` the query would have returned for :meth:`rows`' ``rows``, its
+        entities in ``session``.
+
+        Raises:
+            Fallback: the rows do not fit this plan.
+        """
+        if self._rows_as_stored:
+            return IteratorResult(self._metadata, iter(rows))
         identity_map = session.identity_map
         parts = self.parts
         if len(parts) == 1 and type(parts[0]) is _Entity:
             entity = parts[0]
             objs = [(_instance(session, identity_map, entity, row),) for row in rows]
-            return IteratorResult(
-                SimpleResultMetaData(self.names), iter(objs), _source_supports_scalars=False
-            )
+            return IteratorResult(self._metadata, iter(objs), _source_supports_scalars=False)
         out = [
             tuple(
                 _instance(session, identity_map, p, row) if type(p) is _Entity else row[p.position]  # type: ignore[union-attr]
@@ -120,7 +146,17 @@ class FastPlan:
             )
             for row in rows
         ]
-        return IteratorResult(SimpleResultMetaData(self.names), iter(out))
+        return IteratorResult(self._metadata, iter(out))
+
+    def build(
+        self, session: Session, description: Sequence[Sequence[Any]], stored: list[tuple[Any, ...]]
+    ) -> Result[Any]:
+        """:meth:`result` of :meth:`rows`.
+
+        Raises:
+            Fallback: the rows do not fit this plan.
+        """
+        return self.result(session, self.rows(description, stored))
 
 
 def _instance(session: Session, identity_map: Any, part: _Entity, row: tuple[Any, ...]) -> Any:
