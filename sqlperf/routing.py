@@ -463,6 +463,19 @@ class RoutingSession(Session):
         self._sync_transaction()
         return None if self._token is None else str(self._token)
 
+    @property
+    def token_needs_io(self) -> bool:
+        """Whether :meth:`consistency_token` would query the primary now: a transaction
+        that wrote has ended on PostgreSQL, and its commit's WAL position is still to
+        be read (one round trip). Elsewhere a token is the commit's time: no I/O."""
+        marker = self._txn_marker
+        return (
+            self._wrote
+            and marker is not _PENDING
+            and marker is not self.get_transaction()
+            and self.primary.dialect.name == "postgresql"
+        )
+
     def require(self, token: ConsistencyToken | str) -> None:
         """Make this session's reads see the commit that ``token`` names."""
         parsed = ConsistencyToken.parse(token) if isinstance(token, str) else token

@@ -4,8 +4,8 @@ The harness (recorder, statement counter, Server-Timing parser, Redis cache) is
 ``tests/web_harness.py``; the cluster and the replay pause are
 ``tests/replica_cluster.py``'s. Every behaviour is checked through ``def`` and
 ``async def`` endpoints: FastAPI runs the first in a thread pool with a copy of the
-context, and closes the session (the async ``routing_session`` dependency's exit)
-only after the response has been sent.
+context, and the middleware closes the session only after the response has been
+sent.
 """
 
 from __future__ import annotations
@@ -48,7 +48,6 @@ with warnings.catch_warnings():
     from starlette.testclient import TestClient
 
 SessionDep = Annotated[RoutingSession, Depends(routing_session)]
-EarlySessionDep = Annotated[RoutingSession, Depends(routing_session, scope="function")]
 
 
 class NewItem(BaseModel):
@@ -104,9 +103,12 @@ def make_app(
     async def add_async(item: NewItem, session: SessionDep) -> dict[str, Any]:
         return add(session, item)
 
-    @app.post("/early/items", status_code=201)  # the session closes before the response
-    def add_early(item: NewItem, session: EarlySessionDep) -> dict[str, Any]:
-        return add(session, item)
+    @app.post("/early/items", status_code=201)  # the endpoint closes its session itself
+    def add_early(item: NewItem, session: SessionDep) -> dict[str, Any]:
+        try:
+            return add(session, item)
+        finally:
+            session.close()
 
     @app.get("/sync/loop/{n}")
     def loop_sync(n: int, session: SessionDep) -> dict[str, Any]:
@@ -267,9 +269,8 @@ def test_sessions_close_on_the_event_loop_unless_closing_does_io(
     query_cache: QueryCache,
     client_for: Callable[[FastAPI], TestClient],
 ):
-    """``routing_session`` is an async dependency: a session holding no connection (a
-    cache hit) is closed on the event loop, one in a transaction on a worker thread
-    (its rollback is I/O)."""
+    """The middleware closes a session holding no connection (a cache hit) on the
+    event loop, one in a transaction on a worker thread (its rollback is I/O)."""
     closed: list[tuple[str, str]] = []
 
     class Watched(RoutingSession):

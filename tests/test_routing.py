@@ -30,6 +30,7 @@ from tests.replica_cluster import (
     resume_replay,
 )
 from tests.tcp_proxy import TcpProxy
+from tests.web_harness import counting
 
 MakeEngine = Callable[..., Engine]
 
@@ -289,6 +290,43 @@ def test_stand_in_replica_routing_and_pin_window(stand_in: Cluster):
         assert s.scalars(read).all() == [1]
     assert engine_role(stand_in.primary) == "primary"
     assert engine_role(stand_in.replica) == "replica"
+
+
+def _check_token_needs_io(cluster: Cluster, *, on_postgresql: bool) -> None:
+    Session = sessionmaker(
+        class_=RoutingSession, primary=cluster.primary, replicas=[cluster.replica]
+    )
+    Item = cluster.model
+    with counting(cluster.primary) as seen, Session() as s:
+        assert not s.token_needs_io  # nothing happened yet
+        s.scalars(select(Item.__table__.c.id)).all()  # type: ignore[attr-defined]
+        s.rollback()
+        assert not s.token_needs_io  # a transaction that only read ended
+        s.add(Item(id=1, name="a"))
+        s.flush()
+        assert not s.token_needs_io  # it wrote, but is still open
+        s.commit()
+        assert s.token_needs_io is on_postgresql
+        before = len(seen)
+        token = s.consistency_token()
+        asked = seen[before:]
+        assert asked == (["SELECT pg_current_wal_lsn()::text"] if on_postgresql else [])
+        assert token is not None
+        assert not s.token_needs_io  # read once, kept
+        before = len(seen)
+        assert s.consistency_token() == token
+        assert seen[before:] == []
+
+
+def test_token_needs_io_says_when_reading_the_token_queries(pg: Cluster):
+    """``token_needs_io`` is true exactly when ``consistency_token()`` would query the
+    primary: after a transaction that wrote ended on PostgreSQL, until it is read."""
+    _check_token_needs_io(pg, on_postgresql=True)
+
+
+def test_token_needs_io_is_false_without_wal_positions(stand_in: Cluster):
+    """On MariaDB and SQLite a token is the commit's time: reading it never queries."""
+    _check_token_needs_io(stand_in, on_postgresql=False)
 
 
 def test_transaction_mode_keeps_one_replica_and_begin_write_uses_the_primary(

@@ -24,9 +24,9 @@ from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 from typing import Any, NamedTuple, Protocol
 
-from sqlalchemy import Engine, event
+from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
+from sqlalchemy.orm import sessionmaker
 
 from sqlperf.cache.query_cache import QueryCache
 from sqlperf.capture.recorder import QueryRecorder, Scope
@@ -60,7 +60,6 @@ _REQUEST_ID = re.compile(r"[!-~]{1,200}")
 # RFC 9110 token: what a header or cookie name may be made of.
 _NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _MAX_TOKEN_CHARS = 100  # "v1:<time>:<lsn>" is about 40
-_ENDED_KEY = "sqlperf.integrations.transaction_ended"
 
 
 def choose_request_id(incoming: str | None) -> str:
@@ -262,9 +261,6 @@ class Integration:
             class_=session_class, primary=primary, replicas=list(replicas), **options
         )
         self.sessionmaker().close()  # RoutingSession checks its options; no connection
-        # On this integration's own sessionmaker (a class of its own), so that
-        # RequestState.token_needs_io can tell when reading a token may query.
-        event.listen(self.sessionmaker, "after_transaction_end", _note_transaction_end)
         self.cache = cache
         self._undo: list[Callable[[], None]] = []
         if cache is not None:
@@ -365,21 +361,21 @@ class RequestState:
         return self.open_session()
 
     @property
-    def has_sessions(self) -> bool:
-        """Whether a session of this request is still open."""
-        return bool(self._sessions)
-
-    @property
     def token_needs_io(self) -> bool:
-        """Whether :meth:`outgoing_token` may query the primary: only after an open
-        session ended a transaction (one that wrote needs the commit's WAL position)."""
-        return any(s.info.get(_ENDED_KEY) for s in self._sessions)
+        """Whether :meth:`outgoing_token` may query the primary: an open session's
+        transaction that wrote has ended, and its commit's WAL position is still to
+        be read (:attr:`RoutingSession.token_needs_io <sqlperf.RoutingSession.token_needs_io>`)."""
+        return any(s.token_needs_io for s in self._sessions)
 
     def close_needs_io(self, session: RoutingSession) -> bool:
         """Whether :meth:`close_session` may do I/O: ``session`` is in a transaction (its
-        connection is rolled back and returned), or ended one (a commit that wrote
-        needs its WAL position for the token)."""
-        return session.get_transaction() is not None or bool(session.info.get(_ENDED_KEY))
+        connection is rolled back and returned), or its token needs the WAL position
+        of a commit that wrote."""
+        return session.get_transaction() is not None or session.token_needs_io
+
+    def sessions_need_io(self) -> bool:
+        """Whether :meth:`close_sessions` may do I/O (:meth:`close_needs_io` of any)."""
+        return any(self.close_needs_io(s) for s in self._sessions)
 
     def close_session(self, session: RoutingSession) -> None:
         """Keep ``session``'s final token for the response, then close it."""
@@ -454,10 +450,6 @@ class RequestState:
             self._stack.close()
             if scope is not None:
                 log_suspects(scope)
-
-
-def _note_transaction_end(session: Session, transaction: SessionTransaction) -> None:
-    session.info[_ENDED_KEY] = True
 
 
 def _newer(a: ConsistencyToken | None, b: ConsistencyToken | None) -> ConsistencyToken | None:

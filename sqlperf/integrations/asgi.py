@@ -18,15 +18,14 @@ request's :class:`~sqlperf.RoutingSession`::
     def read_item(item_id: int, session: RoutingSession = Depends(routing_session)):
         return {"name": session.get(Item, item_id).name}
 
-In plain Starlette, use it as a context manager:
-``async with contextlib.asynccontextmanager(routing_session)(request) as session: ...``.
+In plain Starlette, call it: ``session = await routing_session(request)``.
 
 See ``docs/integrations.md``.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 try:
@@ -161,8 +160,8 @@ class SqlperfMiddleware:
         try:
             await self.app(scope, receive, send_with_headers)
         finally:
-            with anyio.CancelScope(shield=True):
-                if state.has_sessions:  # a session closing rolls back: a round trip
+            if state.sessions_need_io():  # a rollback, or a token's WAL position: round trips
+                with anyio.CancelScope(shield=True):
                     await anyio.to_thread.run_sync(state.close_sessions)
             state.finish()  # here, in the context that opened the scope
 
@@ -189,21 +188,23 @@ async def _add_headers(state: RequestState, message: Message) -> Message:
     return message
 
 
-async def routing_session(request: Request) -> AsyncIterator[RoutingSession]:
+async def routing_session(request: Request) -> RoutingSession:
     """FastAPI dependency: the request's :class:`~sqlperf.RoutingSession`.
 
     ``session: RoutingSession = Depends(routing_session)``. Its reads see the
-    commit named by the request's token; it is closed after the endpoint
-    (uncommitted work is rolled back), and a commit that wrote makes the response
-    carry the new token. FastAPI caches it per request: every dependency of one
-    request gets the same session.
+    commit named by the request's token; :class:`SqlperfMiddleware` closes it once
+    the response is sent (uncommitted work is rolled back), and a commit that wrote
+    makes the response carry the new token. FastAPI caches it per request: every
+    dependency of one request gets the same session.
 
-    It is an ``async`` dependency because making a session does no I/O: FastAPI
-    runs it on the event loop instead of handing it to its thread pool, twice per
-    request (a sync dependency with ``yield`` is entered and left on a worker
-    thread). Closing goes to a worker thread only when it may do I/O: the session
-    holds a connection, or must ask the primary for a new token; a request
-    answered from the cache, or never using its session, stays on the loop.
+    It is an ``async`` function, not a generator, because making a session does
+    no I/O and the middleware already ends every request: FastAPI runs it on the
+    event loop, with no trip to its thread pool and no exit step. The middleware
+    closes the session on a worker thread only when closing may do I/O (it holds a
+    connection, or must ask the primary for a new token); a request answered from
+    the cache, or never using its session, stays on the loop.
+
+    In plain Starlette, call it: ``session = await routing_session(request)``.
 
     Raises:
         ConfigurationError: the app has no :class:`SqlperfMiddleware`.
@@ -222,12 +223,4 @@ async def routing_session(request: Request) -> AsyncIterator[RoutingSession]:
             "app.add_middleware(SqlperfMiddleware, primary=engine, ...)"
         )
     _name_endpoint(state, request.scope)  # routed by now: before the endpoint's statements
-    session = state.open_session()
-    try:
-        yield session
-    finally:
-        if state.close_needs_io(session):
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(state.close_session, session)
-        else:
-            state.close_session(session)
+    return state.open_session()
