@@ -110,10 +110,20 @@ async def order_detail(order_id: int, shop: ShopDep, session: SessionDep) -> JSO
     """
     found, detail = shop.cached_order_detail(session, order_id)
     if not found:
-        detail = await run_in_threadpool(shop.order_detail, session, order_id)
+        detail = await run_in_threadpool(_order_detail_and_release, shop, session, order_id)
     if detail is None:
         raise HTTPException(status_code=404, detail=f"no order {order_id}")
     return JSONResponse(detail)
+
+
+def _order_detail_and_release(shop: Shop, session: Session, order_id: int) -> Any:
+    """On a worker thread: the detail, then the session's read-only transaction ends
+    there too, so that closing the session after the response needs no I/O (and no
+    second trip to the thread pool)."""
+    try:
+        return shop.order_detail(session, order_id)
+    finally:
+        session.close()
 
 
 @router.post("/orders", status_code=201)
