@@ -22,6 +22,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    bindparam,
     event,
     func,
     inspect,
@@ -396,6 +397,37 @@ def test_answer_locally_answers_memory_hits_and_never_does_io(shop: Shop):
     assert seen == []
     with shop.Session() as s, pytest.raises(ConfigurationError, match="install"):
         shop.cache.answer_locally(Session(shop.engine), stmt)
+
+
+@pytest.mark.parametrize("shop", ["sqlite+memory"], indirect=True)  # answered from memory
+def test_answer_locally_matches_execute_with_parameters_and_other_hooks(shop: Shop):
+    """``answer_locally`` finds the entry ``execute`` stored for the same statement and
+    parameters (and not another's), and a ``do_orm_execute`` hook that runs before the
+    cache's still runs, as for ``execute`` (it might change the statement)."""
+    user = shop.User
+    stmt = select(user.name).where(user.id == bindparam("uid")).options(cached())
+    with shop.Session() as s:
+        assert s.execute(stmt, {"uid": 1}).all() == [("ann",)]  # the fill
+    with shop.Session() as s:
+        found = shop.cache.answer_locally(s, stmt, {"uid": 1})
+        assert found is not None
+        assert found.all() == [("ann",)]
+        assert shop.cache.answer_locally(s, stmt, {"uid": 2}) is None  # not stored
+    seen: list[Any] = []
+
+    def earlier_hook(state: Any) -> None:
+        seen.append(state.parameters)
+
+    hooked = sessionmaker(shop.engine)
+    event.listen(hooked, "do_orm_execute", earlier_hook)
+    shop.cache.install(hooked)
+    with hooked() as s:
+        found = shop.cache.answer_locally(s, stmt, {"uid": 1})
+        assert found is not None
+        assert found.all() == [("ann",)]
+        assert s.get_transaction() is None
+    assert seen == [{"uid": 1}]
+    assert shop.cache.stats().hits == 2
 
 
 def test_answer_locally_reads_a_layered_backends_memory_level(

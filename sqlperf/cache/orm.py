@@ -14,6 +14,7 @@ import datetime
 import decimal
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +22,7 @@ from sqlalchemy import Connection, Engine, event
 from sqlalchemy.engine import Result
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.session import ORMExecuteState, SessionTransaction
+from sqlalchemy.sql.selectable import Select
 
 from sqlperf.cache.backends import Lookup
 from sqlperf.cache.keys import Memo, result_key
@@ -148,7 +150,10 @@ class SessionHook:
         return result
 
     def _hit(self, state: ORMExecuteState, local: bool) -> Result[Any] | None:
-        directive = self._directive(state)
+        if not state.is_select:
+            return None
+        stmt = state.statement
+        directive = self._directive(state.execution_options, stmt)
         if directive is None:
             return None
         session = state.session
@@ -167,6 +172,68 @@ class SessionHook:
             or state.execution_options.get("stream_results")
         ):
             return None
+        fit = self._fit(session, stmt)
+        if fit is None:
+            return None
+        if local:
+            return self._answer_locally(state.parameters, session, *fit)
+        return self._answer(state, session, *fit)
+
+    def answer_locally(
+        self, session: Session, stmt: Any, params: Mapping[str, Any] | None
+    ) -> Result[Any] | None:
+        """See :meth:`QueryCache.answer_locally`."""
+        if not self.is_installed_on(session):
+            raise ConfigurationError(
+                "answer_locally needs the cache installed on this session: "
+                "cache.install(sessionmaker or Session subclass)"
+            )
+        if not self._direct(session, stmt, params):
+            try:
+                result: Result[Any] = session.execute(
+                    stmt, params, execution_options={LOCAL_ONLY: True}
+                )
+            except NotLocal:
+                return None
+            return result
+        # Where ``session.execute`` would come to, without its pipeline: this hook,
+        # alone, with the statement's own options and these parameters.
+        directive = self._directive(stmt._execution_options, stmt)
+        if directive is None or directive.tables is not None:
+            return None
+        fit = self._fit(session, stmt)
+        if fit is None:
+            return None
+        return self._answer_locally(params, session, *fit)
+
+    def _direct(self, session: Session, stmt: Any, params: Any) -> bool:
+        """Whether :meth:`answer_locally` may skip ``session.execute`` for ``stmt``: a plain
+        ``Select`` with no execution option but the cache's, dict parameters, no
+        session-wide execution options, and no ``do_orm_execute`` hook but this one
+        (another may change the statement). Otherwise it goes through ``execute``."""
+        hooks = session.dispatch.do_orm_execute
+        return (
+            type(stmt) is Select
+            and (params is None or type(params) is dict)
+            and not session.execution_options
+            and len(hooks) == 1
+            and next(iter(hooks)) == self.on_orm_execute
+            and all(k == CACHE_OPTION for k in stmt._execution_options)
+        )
+
+    def _directive(self, execution_options: Mapping[str, Any], stmt: Any) -> CacheDirective | None:
+        """The cache directive of a select, or ``None`` if it is not to be cached."""
+        directive: CacheDirective | None = execution_options.get(CACHE_OPTION)
+        if directive is None:
+            directive = directive_of(stmt._with_options)
+            if directive is None:
+                return _DEFAULT if self.cache.cache_all else None
+        return directive if directive.enabled else None
+
+    def _fit(self, session: Session, stmt: Any) -> tuple[Engine, FastPlan, list[Any]] | None:
+        """The engine, plan and bound values to answer ``stmt`` in ``session`` with the
+        fast path, or ``None`` if it cannot (another engine, a shape without a plan, or
+        a session whose query would see its own writes or flush first)."""
         bind = getattr(session, "primary", None) or session.bind
         if type(bind) is not Engine:
             return None
@@ -174,7 +241,7 @@ class SessionHook:
             # The session will begin on it (``after_begin`` would attach it then):
             # attach it now, or the first query would miss the fast path's key.
             self.cache.attach(bind)
-        found = self._plan(state, bind)
+        found = self._plan(stmt, bind)
         if (
             found is None
             or self.session_wrote(session)
@@ -183,23 +250,10 @@ class SessionHook:
         ):
             return None
         plan, bound_values = found
-        if local:
-            return self._answer_locally(state, session, bind, plan, bound_values)
-        return self._answer(state, session, bind, plan, bound_values)
+        return bind, plan, bound_values
 
-    def _directive(self, state: ORMExecuteState) -> CacheDirective | None:
-        if not state.is_select:
-            return None
-        directive: CacheDirective | None = state.execution_options.get(CACHE_OPTION)
-        if directive is None:
-            directive = directive_of(state.statement._with_options)
-            if directive is None:
-                return _DEFAULT if self.cache.cache_all else None
-        return directive if directive.enabled else None
-
-    def _plan(self, state: ORMExecuteState, bind: Engine) -> tuple[FastPlan, list[Any]] | None:
+    def _plan(self, stmt: Any, bind: Engine) -> tuple[FastPlan, list[Any]] | None:
         """The statement shape's plan and this statement's bound values, or ``None``."""
-        stmt: Any = state.statement
         cache_key = stmt._generate_cache_key()
         if cache_key is None:
             return None
@@ -212,14 +266,14 @@ class SessionHook:
             return None
         return plan, [b.effective_value for b in cache_key.bindparams]
 
-    def _key(self, state: ORMExecuteState, bind: Engine, plan: FastPlan, values: list[Any]) -> str:
+    def _key(self, parameters: Any, bind: Engine, plan: FastPlan, values: list[Any]) -> str:
         cache = self.cache
         prefix = f"{cache.namespace}\0orm\0{bind.dialect.name}\0{bind.url.database or ''}\0"
-        return result_key(prefix, plan.sql, (values, state.parameters))
+        return result_key(prefix, plan.sql, (values, parameters))
 
     def _answer_locally(
         self,
-        state: ORMExecuteState,
+        parameters: Any,
         session: Session,
         bind: Engine,
         plan: FastPlan,
@@ -237,7 +291,7 @@ class SessionHook:
         ):
             return None
         tables = cache._prefixed(plan.tables)
-        value = lookup_local(self._key(state, bind, plan, values), tables)
+        value = lookup_local(self._key(parameters, bind, plan, values), tables)
         if value is None:
             return None
         return self._result_of(session, plan, value, began)
@@ -294,7 +348,7 @@ class SessionHook:
         cache = self.cache
         if not cache._deliver_pending() or not cache._admits(plan.sql):
             return None  # the general path runs the query and counts the bypass
-        key = self._key(state, bind, plan, values)
+        key = self._key(state.parameters, bind, plan, values)
         tables = cache._prefixed(plan.tables)
         look = cache._lookup(key, tables)
         if look is None:

@@ -65,7 +65,7 @@ from sqlperf.cache.keys import (
     tables_written_by_sql,
 )
 from sqlperf.cache.options import CACHE_OPTION, CacheDirective, directive_of
-from sqlperf.cache.orm import LOCAL_ONLY, ORM_LOOKUP, WRITTEN, NotLocal, OrmLookup, SessionHook
+from sqlperf.cache.orm import ORM_LOOKUP, WRITTEN, OrmLookup, SessionHook
 from sqlperf.cache.payload import BadPayload, PayloadCodec
 from sqlperf.cache.replay import ReplayCursor
 from sqlperf.exceptions import ConfigurationError
@@ -421,18 +421,7 @@ class QueryCache:
         Raises:
             ConfigurationError: the cache is not installed on ``session``.
         """
-        if not self._orm.is_installed_on(session):
-            raise ConfigurationError(
-                "answer_locally needs the cache installed on this session: "
-                "cache.install(sessionmaker or Session subclass)"
-            )
-        try:
-            result: Result[Any] = session.execute(
-                stmt, params, execution_options={LOCAL_ONLY: True}
-            )
-        except NotLocal:
-            return None
-        return result
+        return self._orm.answer_locally(session, stmt, params)
 
     def uninstall(self, target: Any = None) -> None:
         """Undo :meth:`install` for ``target`` (every target if ``None``). Engines stay
