@@ -17,9 +17,9 @@ values, and drives the :class:`RequestState` it gets back:
 from __future__ import annotations
 
 import logging
+import os
 import re
 import threading
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 from typing import Any, NamedTuple, Protocol
@@ -80,7 +80,7 @@ def choose_request_id(incoming: str | None) -> str:
         if _REQUEST_ID.fullmatch(incoming):
             return incoming
         logger.debug("replacing an unusable X-Request-ID header: %r", incoming[:200])
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()  # as random as uuid4().hex, without building a UUID
 
 
 def cookie_value(cookie_header: str | None, name: str) -> str | None:
