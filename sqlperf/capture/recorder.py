@@ -35,9 +35,9 @@ import threading
 import time
 import uuid
 from array import array
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
+from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -561,8 +561,7 @@ class QueryRecorder:
 
     # -- scopes ---------------------------------------------------------------------------
 
-    @contextmanager
-    def scope(self, request_id: str | None = None, **tags: str) -> Iterator[Scope]:
+    def scope(self, request_id: str | None = None, **tags: str) -> AbstractContextManager[Scope]:
         """Group the statements of one unit of work; report its N+1 suspects at the end.
 
         Args:
@@ -570,8 +569,9 @@ class QueryRecorder:
                 ``X-Request-ID`` header); a random one if not given.
             **tags: more labels, kept as JSON in the records' ``tags``.
 
-        Yields:
-            The :class:`Scope`, whose counters grow as its statements run.
+        Returns:
+            A context manager whose value is the :class:`Scope`, whose counters grow
+            as its statements run.
 
         Example::
 
@@ -579,13 +579,8 @@ class QueryRecorder:
                 handle_request()
             print(scope.queries, scope.db_ms, scope.suspects)
         """
-        current = Scope(request_id or uuid.uuid4().hex[:16], {k: str(v) for k, v in tags.items()})
-        token = self._scope.set(current)
-        try:
-            yield current
-        finally:
-            self._scope.reset(token)
-            self._close_scope(current)
+        current = Scope(request_id or os.urandom(8).hex(), {k: str(v) for k, v in tags.items()})
+        return _ScopeContext(self, current)
 
     def count_cache_hits(self, cache: QueryCache) -> Callable[[], None]:
         """Count in the current scope the hits ``cache`` answers before any connection.
@@ -819,8 +814,14 @@ class QueryRecorder:
         fp: Fingerprint,
         ns: int,
         scope: Scope | None,
+        *,
+        call_site: str | Literal[False] | None = False,
     ) -> _Pending:
+        """A record to build on the writer thread; ``call_site`` if the caller has
+        found it already (``False``: find it here)."""
         rowcount = getattr(cursor, "rowcount", None) if cursor is not None else None
+        if call_site is False:
+            call_site = self._sites.find() if self.stack else None
         wait = conn.info.get(CHECKOUT_WAIT_KEY) if conn is not None and not conn.closed else None
         return _Pending(
             wall=time.time() - ns / 1e9,
@@ -838,7 +839,7 @@ class QueryRecorder:
                 None if context.compiled is None else _COMPILED_CACHE.get(context.cache_hit)
             ),
             result_cache=cache_outcome(context),
-            call_site=self._sites.find() if self.stack else None,
+            call_site=call_site,
             thread=threading.current_thread().name,
             scope=scope,
             explain=self.explain and kind == "slow" and fp.is_select and not executemany,
@@ -879,6 +880,7 @@ class QueryRecorder:
                 fp,
                 ns,
                 scope,
+                call_site=site,
             )
             scope._repeats[key] = _Repeat(1, ns, first)
         else:
@@ -1094,6 +1096,29 @@ class QueryRecorder:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _ScopeContext:
+    """What :meth:`QueryRecorder.scope` returns: sets the recorder's current scope on
+    entry, restores the previous one and closes the scope on exit. (A class rather
+    than a generator: it runs once per request.)"""
+
+    __slots__ = ("_recorder", "_scope", "_token")
+
+    def __init__(self, recorder: QueryRecorder, scope: Scope) -> None:
+        self._recorder = recorder
+        self._scope = scope
+        self._token: Token[Scope | None] | None = None
+
+    def __enter__(self) -> Scope:
+        self._token = self._recorder._scope.set(self._scope)
+        return self._scope
+
+    def __exit__(self, *exc: object) -> None:
+        if self._token is not None:
+            self._recorder._scope.reset(self._token)
+            self._token = None
+            self._recorder._close_scope(self._scope)
 
 
 def _check(ok: bool, message: str) -> None:

@@ -21,7 +21,7 @@ import os
 import re
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import ExitStack
+from contextlib import AbstractContextManager
 from typing import Any, NamedTuple, Protocol
 
 from sqlalchemy import Engine
@@ -325,7 +325,7 @@ class RequestState:
         self._sessions: list[RoutingSession] = []
         self._closed_token: ConsistencyToken | None = None  # of the sessions already closed
         self._lock = threading.Lock()
-        self._stack = ExitStack()
+        self._scope_context: AbstractContextManager[Scope] | None = None
 
     def __repr__(self) -> str:
         return f"RequestState(request_id={self.request_id!r}, sessions={len(self._sessions)})"
@@ -334,9 +334,8 @@ class RequestState:
         """Open the recorder's scope for this request, in the calling context."""
         recorder = self.integration.recorder
         if recorder is not None and self.scope is None:
-            self.scope = self._stack.enter_context(
-                recorder.scope(request_id=self.request_id, **tags)
-            )
+            self._scope_context = recorder.scope(request_id=self.request_id, **tags)
+            self.scope = self._scope_context.__enter__()
 
     def name_endpoint(self, endpoint: str) -> None:
         """Set the scope's ``endpoint`` tag (to the route's template once routing is done),
@@ -446,8 +445,10 @@ class RequestState:
         try:
             self.close_sessions()
         finally:
-            scope = self.scope
-            self._stack.close()
+            scope, context = self.scope, self._scope_context
+            self._scope_context = None
+            if context is not None:
+                context.__exit__(None, None, None)
             if scope is not None:
                 log_suspects(scope)
 
