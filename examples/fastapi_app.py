@@ -47,7 +47,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.orm import Session
 
 from examples.shop import InvalidInput, Settings, Shop
-from sqlperf.integrations.asgi import SqlperfMiddleware, routing_session
+from sqlperf.integrations.asgi import SqlperfMiddleware, routing_session, run_in_thread
 
 __all__ = ["create_app", "main", "router"]
 
@@ -105,12 +105,14 @@ async def order_detail(order_id: int, shop: ShopDep, session: SessionDep) -> JSO
     """One order with its customer and lines (served by the query cache when it can).
 
     A cache hit held in this process's memory is answered here, on the event loop
-    (``QueryCache.answer_locally`` does no I/O); anything else, and every request in
-    plain mode, runs on the thread pool, as a ``def`` endpoint would.
+    (``QueryCache.answer_locally`` does no I/O); anything else runs on a worker
+    thread: handed over at once by sqlperf's ``run_in_thread``, or in plain mode by
+    FastAPI's ``run_in_threadpool``, what a plain app uses.
     """
     found, detail = shop.cached_order_detail(session, order_id)
     if not found:
-        detail = await run_in_threadpool(_order_detail_and_release, shop, session, order_id)
+        offload = run_in_thread if shop.settings.mode == "sqlperf" else run_in_threadpool
+        detail = await offload(_order_detail_and_release, shop, session, order_id)
     if detail is None:
         raise HTTPException(status_code=404, detail=f"no order {order_id}")
     return JSONResponse(detail)

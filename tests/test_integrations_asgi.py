@@ -10,6 +10,7 @@ sent.
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import re
@@ -19,6 +20,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
+import anyio
 import pytest
 from fastapi import Depends, FastAPI, Response, WebSocket
 from pydantic import BaseModel
@@ -27,7 +29,7 @@ from starlette.exceptions import StarletteDeprecationWarning
 
 from sqlperf import ConfigurationError, QueryCache, RoutingSession, cached
 from sqlperf.capture import QueryRecorder
-from sqlperf.integrations.asgi import SqlperfMiddleware, routing_session
+from sqlperf.integrations.asgi import SqlperfMiddleware, routing_session, run_in_thread
 from tests.replica_cluster import (
     PORT,
     Cluster,
@@ -438,3 +440,58 @@ def test_without_a_recorder_lifespan_websockets_and_misuse(
         client_for(bare).get("/")
     with pytest.raises(ConfigurationError, match="token_header"):
         SqlperfMiddleware(app, primary=engine, token_header="")
+
+
+# -- run_in_thread ------------------------------------------------------------------------
+
+_REQUEST_CONTEXT: contextvars.ContextVar[str] = contextvars.ContextVar("request_context")
+
+
+def test_run_in_thread_runs_on_a_worker_with_the_callers_context():
+    def work(a: int, b: int) -> tuple[int, str, str]:
+        return a + b, threading.current_thread().name, _REQUEST_CONTEXT.get()
+
+    def fail() -> None:
+        raise ValueError("from the worker")
+
+    async def main() -> tuple[tuple[int, str, str], str]:
+        _REQUEST_CONTEXT.set("request-7")
+        with pytest.raises(ValueError, match="from the worker"):
+            await run_in_thread(fail)
+        return await run_in_thread(work, 2, 3), threading.current_thread().name
+
+    (total, worker, seen), loop_thread = anyio.run(main)
+    assert (total, seen) == (5, "request-7")
+    assert worker != loop_thread
+
+
+def test_cancelling_run_in_thread_waits_for_the_call_to_return():
+    """A cancelled caller (a client gone) returns only once the call has: the
+    middleware may close the session the call uses only after that."""
+    started, release = threading.Event(), threading.Event()
+    events: list[str] = []
+
+    def work() -> None:
+        started.set()
+        release.wait(10)
+        events.append("call returned")
+
+    async def caller(scope: anyio.CancelScope) -> None:
+        with scope:
+            try:
+                await run_in_thread(work)
+            finally:
+                events.append("caller left")
+
+    async def main() -> None:
+        scope = anyio.CancelScope()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(caller, scope)
+            await anyio.to_thread.run_sync(started.wait)
+            scope.cancel()
+            await anyio.sleep(0.1)  # shielded: the caller still waits
+            events.append("released")
+            release.set()
+
+    anyio.run(main)
+    assert events == ["released", "call returned", "caller left"]

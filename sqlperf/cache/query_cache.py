@@ -412,8 +412,8 @@ class QueryCache:
         worker thread, sparing a cache hit the thread pool's round trip::
 
             result = cache.answer_locally(session, stmt, {"id": order_id})
-            if result is None:
-                result = await run_in_threadpool(session.execute, stmt, {"id": order_id})
+            if result is None:  # run_in_thread: sqlperf.integrations.asgi's
+                result = await run_in_thread(session.execute, stmt, {"id": order_id})
 
         The hit counts as any other (stats, ``Server-Timing``). Other
         ``do_orm_execute`` hooks of the session run first, as for ``execute``.
