@@ -313,23 +313,27 @@ class _CountingCodec(PayloadCodec):
 def test_hits_decode_an_entry_once_unless_its_values_can_change(shop: Shop):
     """A hit meeting an entry it has decoded before reuses its rows when every value
     is immutable; rows holding a mutable value (a JSON document) are decoded again for
-    every hit, so that changing one result never changes the next."""
+    every hit, so that changing one result never changes the next, and so is an entry
+    over 8 KiB (not kept in memory twice)."""
     table = Table(
         f"docs_{uuid.uuid4().hex[:8]}",
         MetaData(),
         Column("id", Integer, primary_key=True),
         Column("doc", JSON),
         Column("at", DateTime),
+        Column("label", String(60)),
     )
     table.create(shop.engine)
     try:
         with shop.engine.begin() as conn:
             conn.execute(table.insert(), [{"id": 1, "doc": {"tags": ["a"]}, "at": _AT}])
+            conn.execute(table.insert(), [{"id": i, "label": f"{i:060d}"} for i in range(2, 302)])
         _settled(shop)
         codec = shop.cache._codec = _CountingCodec()
-        plain = select(table.c.id, table.c.at).options(cached())
-        mutable = select(table.c.doc).options(cached())
-        for stmt in (plain, mutable):
+        plain = select(table.c.id, table.c.at).where(table.c.id == 1).options(cached())
+        mutable = select(table.c.doc).where(table.c.id == 1).options(cached())
+        large = select(table.c.id, table.c.label).where(table.c.id > 1).options(cached())
+        for stmt in (plain, mutable, large):
             with shop.Session() as s:
                 s.execute(stmt).all()  # fills
         assert codec.decoded == 0
@@ -343,7 +347,11 @@ def test_hits_decode_an_entry_once_unless_its_values_can_change(shop: Shop):
         with shop.Session() as s:
             assert s.execute(mutable).scalar_one() == {"tags": ["a"]}
         assert codec.decoded == 3
-        assert shop.cache.stats().hits == 5
+        for _ in range(2):
+            with shop.Session() as s:
+                assert len(s.execute(large).all()) == 300  # 300 labels of 60 characters
+        assert codec.decoded == 5
+        assert shop.cache.stats().hits == 7
     finally:
         table.drop(shop.engine)
 

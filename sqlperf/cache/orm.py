@@ -321,18 +321,18 @@ class SessionHook:
             BadPayload: the payload is bad.
             Fallback: its rows do not fit the plan.
         """
+        memo = len(value) <= _MEMO_MAX_BYTES  # (hashing a large payload costs too)
         # Keyed by the bytes themselves: equal bytes decode to equal rows, and a
         # bytes object keeps its hash, so a memory backend's entry hashes once.
         memo_key = (id(plan), value)
-        found = self._rows.get(memo_key)
-        if found is not None and found[0] is plan:
-            rows: list[tuple[Any, ...]] = found[1]
-            return rows
+        if memo:
+            found = self._rows.get(memo_key)
+            if found is not None and found[0] is plan:
+                rows: list[tuple[Any, ...]] = found[1]
+                return rows
         description, stored = self.cache._codec.decode(value)
         rows = plan.rows(description, stored)
-        if len(value) <= _MEMO_MAX_BYTES and all(
-            type(v) in _IMMUTABLE for row in rows for v in row
-        ):
+        if memo and all(type(v) in _IMMUTABLE for row in rows for v in row):
             self._rows.put(memo_key, (plan, rows))
         return rows
 
