@@ -238,8 +238,10 @@ async def run_in_thread(func: Callable[..., T], /, *args: Any) -> T:
     ``run_in_threadpool`` (anyio's ``to_thread.run_sync``) first yields to the event
     loop twice, for a checkpoint and for its thread limiter: two full turns of the
     loop, about a millisecond each on a server busy with cache hits. This hands the
-    call to the event loop's default executor at once (``asyncio``'s thread pool;
-    ``loop.set_default_executor`` sizes it).
+    call to the event loop's default executor at once: ``asyncio``'s thread pool,
+    ``min(32, CPUs + 4)`` threads unless the app sets its own with
+    ``loop.set_default_executor`` (anyio's limiter allows 40; size it to the
+    connection pool: more threads than connections only wait for one).
 
     The call runs in a copy of the caller's context, so the recorder's scope and
     other context variables are seen. Cancelling the caller waits for the call to
