@@ -46,7 +46,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from sqlalchemy.orm import Session
 
-from examples.shop import InvalidInput, Settings, Shop
+from examples.shop import InvalidInput, OrderDetail, Settings, Shop
 from sqlperf.integrations.asgi import SqlperfMiddleware, routing_session, run_in_thread
 
 __all__ = ["create_app", "main", "router"]
@@ -118,7 +118,7 @@ async def order_detail(order_id: int, shop: ShopDep, session: SessionDep) -> JSO
     return JSONResponse(detail)
 
 
-def _order_detail_and_release(shop: Shop, session: Session, order_id: int) -> Any:
+def _order_detail_and_release(shop: Shop, session: Session, order_id: int) -> OrderDetail | None:
     """On a worker thread: the detail, then the session's read-only transaction ends
     there too, so that closing the session after the response needs no I/O (and no
     second trip to the thread pool)."""
