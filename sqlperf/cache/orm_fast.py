@@ -148,16 +148,6 @@ class FastPlan:
         ]
         return IteratorResult(self._metadata, iter(out))
 
-    def build(
-        self, session: Session, description: Sequence[Sequence[Any]], stored: list[tuple[Any, ...]]
-    ) -> Result[Any]:
-        """:meth:`result` of :meth:`rows`.
-
-        Raises:
-            Fallback: the rows do not fit this plan.
-        """
-        return self.result(session, self.rows(description, stored))
-
 
 def _instance(session: Session, identity_map: Any, part: _Entity, row: tuple[Any, ...]) -> Any:
     values = part.values(row)

@@ -366,15 +366,11 @@ class RequestState:
         be read (:attr:`RoutingSession.token_needs_io <sqlperf.RoutingSession.token_needs_io>`)."""
         return any(s.token_needs_io for s in self._sessions)
 
-    def close_needs_io(self, session: RoutingSession) -> bool:
-        """Whether :meth:`close_session` may do I/O: ``session`` is in a transaction (its
-        connection is rolled back and returned), or its token needs the WAL position
-        of a commit that wrote."""
-        return session.get_transaction() is not None or session.token_needs_io
-
     def sessions_need_io(self) -> bool:
-        """Whether :meth:`close_sessions` may do I/O (:meth:`close_needs_io` of any)."""
-        return any(self.close_needs_io(s) for s in self._sessions)
+        """Whether :meth:`close_sessions` may do I/O: a session is in a transaction (its
+        connection is rolled back and returned), or its token needs the WAL position of
+        a commit that wrote."""
+        return any(s.get_transaction() is not None or s.token_needs_io for s in self._sessions)
 
     def close_session(self, session: RoutingSession) -> None:
         """Keep ``session``'s final token for the response, then close it."""
