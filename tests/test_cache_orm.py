@@ -41,6 +41,7 @@ from sqlalchemy.orm import (
     selectinload,
     sessionmaker,
 )
+from sqlalchemy.orm import loading as orm_loading
 
 from sqlperf import ConfigurationError, RoutingSession, routing_stats
 from sqlperf.cache import (
@@ -254,6 +255,76 @@ def test_lazy_loads_of_cached_objects_are_cached(shop: Shop):
         with shop.Session() as s:
             assert [o.total for o in s.execute(stmt).scalar_one().orders] == [10, 20]
     assert shop.cache.stats().hits == 2  # the user and its orders' lazy load
+
+
+def test_a_miss_runs_once_and_returns_what_an_uncached_query_returns(
+    shop: Shop, monkeypatch: pytest.MonkeyPatch
+):
+    """A fast-path select's miss runs the query once, on the session's connection, and
+    builds its result from the rows as a hit does (not through the ORM's loading step):
+    the same rows as an uncached query, objects persistent in the session, the missing
+    side of an outer join ``None``, relationships loading."""
+    user, order = shop.User, shop.Order
+    join = select(user, order).outerjoin(user.orders).order_by(user.id, order.id)
+    columns = select(user.name, order.total).join(user.orders).order_by(order.id)
+    loads = []
+    real = orm_loading.instances
+
+    def counted(cursor: Any, context: Any) -> Any:
+        loads.append(context)
+        return real(cursor, context)
+
+    monkeypatch.setattr(orm_loading, "instances", counted)
+    with Session(shop.engine) as s:  # no cache on this one
+        expected_join = [(u.name, o and o.total) for u, o in s.execute(join)]
+        expected_columns = s.execute(columns).all()
+    assert len(loads) == 2
+    executed: list[str] = []
+
+    def on_execute(conn: Any, cursor: Any, sql: str, *rest: Any) -> None:
+        executed.append(sql)
+
+    event.listen(shop.engine, "before_cursor_execute", on_execute)
+    try:
+        for attempt in ("miss", "hit"):
+            with shop.Session() as s:
+                got = s.execute(join.options(cached())).all()
+                assert [(u.name, o and o.total) for u, o in got] == expected_join
+                ann, first = got[0]
+                assert ann in s
+                assert inspect(ann).persistent
+                assert inspect(first).persistent
+                assert got[1][0] is ann  # one object per identity
+                assert got[2][1] is None  # bob has no orders
+                assert first.user is ann  # resolved from the identity map
+                assert not s.dirty
+                assert s.execute(columns.options(cached())).all() == expected_columns
+            assert len(executed) == 2, attempt  # each statement ran once, on the miss
+    finally:
+        event.remove(shop.engine, "before_cursor_execute", on_execute)
+    assert len(loads) == 2  # the ORM's loading step ran for neither miss nor hit
+    stats = shop.cache.stats()
+    assert (stats.misses, stats.hits) == (2, 2)
+
+
+def test_a_do_orm_execute_hook_after_the_caches_sees_a_miss(shop: Shop):
+    """A hook installed after the cache's still runs for a miss, through the ORM's
+    pipeline, and may change the statement; the result is what it made."""
+    user = shop.User
+    seen: list[Any] = []
+
+    def later_hook(state: Any) -> None:
+        seen.append(state.parameters)
+        state.statement = state.statement.where(user.id == 2)
+
+    hooked = sessionmaker(shop.engine)
+    shop.cache.install(hooked)
+    event.listen(hooked, "do_orm_execute", later_hook)
+    stmt = select(user.name).where(user.id >= bindparam("low")).options(cached())
+    with hooked() as s:
+        assert s.execute(stmt, {"low": 1}).all() == [("bob",)]
+    assert seen == [{"low": 1}]
+    assert shop.cache.stats().misses == 1
 
 
 def test_table_column_selects_hit_without_a_connection_and_match_the_query(shop: Shop):

@@ -1,7 +1,8 @@
 """The ORM side of :class:`~sqlperf.cache.QueryCache`: session events.
 
 ``do_orm_execute`` answers hits of plain selects before a connection is opened
-(:mod:`sqlperf.cache.orm_fast`), routes cached statements of a
+(:mod:`sqlperf.cache.orm_fast`) and runs their misses itself, building the result
+from the rows as for a hit; it routes cached statements of a
 :class:`~sqlperf.RoutingSession` to the primary, and hands a miss's key and
 lookup down to the DB-API step so the backend is asked once. ``after_begin``
 attaches engines met late and remembers the connections of the session's
@@ -359,14 +360,15 @@ class SessionHook:
                 return result
         lookup = OrmLookup(key, tables, look, time.perf_counter_ns() - began)
         state.update_execution_options(**{ORM_LOOKUP: lookup})
-        admission = cache._admission
-        if admission is None:
-            return None
         # Run it here, to time the whole execution a hit of this shape saves (a hit
         # skips the connection and SQLAlchemy's pipeline, not only the query).
         began = time.perf_counter_ns()
-        ran = state.invoke_statement()
-        if lookup.outcome == "miss":
+        if look.value is None and not state._remaining_events():
+            ran = self._run(state, session, plan)
+        else:  # a stored entry that did not fit the plan, or another hook to run first
+            ran = state.invoke_statement()
+        admission = cache._admission
+        if admission is not None and lookup.outcome == "miss":
             elapsed = time.perf_counter_ns() - began
             admission.miss(
                 plan.sql,
@@ -375,6 +377,26 @@ class SessionHook:
                 tables=plan.tables,
             )
         return ran
+
+    def _run(self, state: ORMExecuteState, session: Session, plan: FastPlan) -> Result[Any]:
+        """A miss: the statement run on the connection the ORM would use, as the ORM runs
+        it (``Connection.execute``, so engine events and the DB-API step's store see it),
+        and its rows made into the result by the plan, as a hit's are.
+
+        What it skips is the ORM's loading step: on a point lookup that costs more
+        than the query, and with it a miss returns what the hits after it return.
+        Rows that do not fit the plan (an entity with a partly NULL primary key) go
+        through the ORM's pipeline instead, which runs the query again.
+        """
+        conn = session.connection(bind_arguments=state.bind_arguments)
+        cursor_result = conn.execute(
+            state.statement, state.parameters or {}, execution_options=state.local_execution_options
+        )
+        rows = [tuple(row) for row in cursor_result]
+        try:
+            return plan.result(session, rows)
+        except Fallback:
+            return state.invoke_statement()
 
     def is_installed_on(self, session: Session) -> bool:
         """Whether this hook runs for ``session``'s statements."""
