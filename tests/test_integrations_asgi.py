@@ -18,17 +18,20 @@ import threading
 import warnings
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Annotated, Any
 
 import anyio
+import httpx
 import pytest
 from fastapi import Depends, FastAPI, Response, WebSocket
 from pydantic import BaseModel
-from sqlalchemy import Engine, select, text
+from sqlalchemy import Engine, create_engine, select, text
 from starlette.exceptions import StarletteDeprecationWarning
 
 from sqlperf import ConfigurationError, QueryCache, RoutingSession, cached
 from sqlperf.capture import QueryRecorder
+from sqlperf.integrations import asgi
 from sqlperf.integrations.asgi import SqlperfMiddleware, routing_session, run_in_thread
 from tests.replica_cluster import (
     PORT,
@@ -495,3 +498,66 @@ def test_cancelling_run_in_thread_waits_for_the_call_to_return():
 
     anyio.run(main)
     assert events == ["released", "call returned", "caller left"]
+
+
+@pytest.mark.parametrize("yield_to_threads", [True, False])
+def test_responses_give_way_to_running_worker_calls(
+    yield_to_threads: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """While a ``run_in_thread`` call of one request runs, each other response ends with
+    the event loop giving up the GIL once (``yield_to_threads``); not once the call has
+    returned, also by raising, nor with the option off."""
+    gave_way: list[str] = []
+    monkeypatch.setattr(asgi, "_give_way", lambda: gave_way.append("gave way"))
+    started, release = threading.Event(), threading.Event()
+
+    def blocking() -> None:
+        started.set()
+        release.wait(10)
+
+    def fail() -> None:
+        raise ValueError("from the worker")
+
+    engine = create_engine(f"sqlite:///{tmp_path / 'give_way.db'}")
+    app = FastAPI()
+    app.add_middleware(SqlperfMiddleware, primary=engine, yield_to_threads=yield_to_threads)
+
+    @app.get("/slow")
+    async def slow() -> str:
+        await run_in_thread(blocking)
+        return "slow"
+
+    @app.get("/fail")
+    async def failing() -> str:
+        with pytest.raises(ValueError, match="from the worker"):
+            await run_in_thread(fail)
+        return "failed"
+
+    @app.get("/fast")
+    async def fast() -> str:
+        return "fast"
+
+    async def main() -> list[int]:
+        given = []
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://shop") as client:
+            await client.get("/fail")
+            await client.get("/fast")
+            given.append(len(gave_way))  # nothing running
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(client.get, "/slow")
+                await anyio.to_thread.run_sync(started.wait)
+                for _ in range(3):
+                    assert (await client.get("/fast")).text == '"fast"'
+                given.append(len(gave_way))  # the blocked call runs
+                release.set()
+            await client.get("/fast")
+            given.append(len(gave_way))  # it has returned
+        return given
+
+    try:
+        given = anyio.run(main)
+    finally:
+        release.set()
+        engine.dispose()
+    assert given == ([0, 3, 3] if yield_to_threads else [0, 0, 0])
