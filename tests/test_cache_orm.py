@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -305,6 +306,33 @@ def test_a_miss_runs_once_and_returns_what_an_uncached_query_returns(
     assert len(loads) == 2  # the ORM's loading step ran for neither miss nor hit
     stats = shop.cache.stats()
     assert (stats.misses, stats.hits) == (2, 2)
+
+
+def test_sessions_that_used_the_cache_leave_no_reference_cycles(shop: Shop):
+    """Sessions that missed and hit are freed by reference counting: nothing the cache
+    keeps on a session leads back to it (a cycle would leave every request's session,
+    transaction and connection to the garbage collector, which then runs far more often)."""
+    user = shop.User
+    stmt = select(user.name).where(user.id == bindparam("uid")).options(cached())
+    routing = sessionmaker(class_=RoutingSession, primary=shop.engine)
+    shop.cache.install(routing)
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        for factory in (shop.Session, routing):
+            for uid in (1, 1, 2):  # a miss, a hit, a miss
+                with factory() as s:
+                    assert s.execute(stmt, {"uid": uid}).scalar_one() in ("ann", "bob")
+        gc.collect()
+        sessions = [o for o in gc.garbage if isinstance(o, Session)]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert sessions == []
+    stats = shop.cache.stats()
+    assert (stats.misses, stats.hits) == (2, 4)  # the routing sessions hit what the first stored
 
 
 def test_a_do_orm_execute_hook_after_the_caches_sees_a_miss(shop: Shop):

@@ -15,6 +15,7 @@ import datetime
 import decimal
 import time
 import uuid
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -408,7 +409,7 @@ class SessionHook:
         if txn is None:
             return False
         seen = session.info.get(_SESSION_CONNS)
-        if seen is None or seen[0] is not txn:
+        if seen is None or seen[0]() is not txn:
             return True  # connections this cache has not seen: assume the worst
         return any(not c.closed and c.info.get(WRITTEN) for c in seen[1])
 
@@ -419,9 +420,11 @@ class SessionHook:
         if not self.cache._is_attached(connection.engine):
             self.cache.attach(connection.engine)
         root = session.get_transaction()
-        seen: tuple[Any, list[Connection]] | None = session.info.get(_SESSION_CONNS)
-        if seen is None or seen[0] is not root:
-            session.info[_SESSION_CONNS] = seen = (root, [])
+        seen: tuple[weakref.ref[Any], list[Connection]] | None = session.info.get(_SESSION_CONNS)
+        if seen is None or seen[0]() is not root:
+            # A weak reference: the transaction refers to the session, whose info
+            # holds this, and a cycle would leave every session to the garbage collector.
+            session.info[_SESSION_CONNS] = seen = (weakref.ref(root), [])
         seen[1].append(connection)
 
 
