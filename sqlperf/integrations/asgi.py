@@ -29,6 +29,7 @@ import asyncio
 import contextvars
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, TypeVar
 
 try:
@@ -67,12 +68,19 @@ STATE_KEY = "sqlperf_request"
 
 
 class _Offloads:
-    """How many worker-thread calls the requests of one middleware have running."""
+    """How many worker-thread calls the requests of one middleware have running; a
+    context manager counting one while its block runs."""
 
     __slots__ = ("running",)
 
     def __init__(self) -> None:
         self.running = 0
+
+    def __enter__(self) -> None:
+        self.running += 1
+
+    def __exit__(self, *exc: object) -> None:
+        self.running -= 1
 
 
 #: The running request's middleware's :class:`_Offloads` (``None`` outside one, or
@@ -80,6 +88,13 @@ class _Offloads:
 _OFFLOADS: contextvars.ContextVar[_Offloads | None] = contextvars.ContextVar(
     "sqlperf_offloads", default=None
 )
+_UNCOUNTED = nullcontext()
+
+
+def _counted() -> AbstractContextManager[None]:
+    """Count the block as a running worker-thread call of the current request's
+    middleware, if it has ``yield_to_threads``."""
+    return _OFFLOADS.get() or _UNCOUNTED
 
 
 def _give_way() -> None:
@@ -295,25 +310,12 @@ async def run_in_thread(func: Callable[..., T], /, *args: Any) -> T:
     """
     loop = asyncio.get_running_loop()
     context = contextvars.copy_context()
-    offloads = _OFFLOADS.get()
-    if offloads is not None:
-        offloads.running += 1
-    try:
-        with anyio.CancelScope(shield=True):
-            result = await loop.run_in_executor(None, context.run, func, *args)
-    finally:
-        if offloads is not None:
-            offloads.running -= 1
-    return result
+    with _counted(), anyio.CancelScope(shield=True):
+        result = await loop.run_in_executor(None, context.run, func, *args)
+    return result  # noqa: RET504 - returned after the block: a cancel scope may swallow exceptions
 
 
 async def _to_thread(func: Callable[[], T]) -> T:
     """``anyio.to_thread.run_sync(func)``, counted as running for ``yield_to_threads``."""
-    offloads = _OFFLOADS.get()
-    if offloads is None:
+    with _counted():
         return await anyio.to_thread.run_sync(func)
-    offloads.running += 1
-    try:
-        return await anyio.to_thread.run_sync(func)
-    finally:
-        offloads.running -= 1
