@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -71,16 +72,21 @@ class _Offloads:
     """How many worker-thread calls the requests of one middleware have running; a
     context manager counting one while its block runs."""
 
-    __slots__ = ("running",)
+    __slots__ = ("_lock", "running")
 
     def __init__(self) -> None:
         self.running = 0
+        # One app may be served by event loops in several threads (test clients);
+        # a lost update would leave the count wrong for good.
+        self._lock = threading.Lock()
 
     def __enter__(self) -> None:
-        self.running += 1
+        with self._lock:
+            self.running += 1
 
     def __exit__(self, *exc: object) -> None:
-        self.running -= 1
+        with self._lock:
+            self.running -= 1
 
 
 #: The running request's middleware's :class:`_Offloads` (``None`` outside one, or
