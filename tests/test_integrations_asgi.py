@@ -561,3 +561,28 @@ def test_responses_give_way_to_running_worker_calls(
         release.set()
         engine.dispose()
     assert given == ([0, 3, 3] if yield_to_threads else [0, 0, 0])
+
+
+def test_a_wrapped_app_puts_the_request_id_on_its_500s(tmp_path: Path):
+    """Wrapping the whole app (the documented way to reach Starlette's own 500s, which
+    ``add_middleware`` cannot): an unhandled exception's 500 carries the request id,
+    and the request's session is still closed."""
+    engine = create_engine(f"sqlite:///{tmp_path / 'errors.db'}")
+    api = FastAPI()
+    sessions: list[RoutingSession] = []
+
+    @api.get("/boom")
+    def boom(session: SessionDep) -> None:
+        sessions.append(session)
+        session.execute(text("SELECT 1"))
+        raise RuntimeError("boom")
+
+    app = SqlperfMiddleware(api, primary=engine)
+    try:
+        with TestClient(app, raise_server_exceptions=False) as client:
+            response = client.get("/boom", headers={"X-Request-ID": "req-500"})
+    finally:
+        engine.dispose()
+    assert response.status_code == 500
+    assert response.headers["X-Request-ID"] == "req-500"
+    assert sessions[0].get_transaction() is None  # closed by the middleware
