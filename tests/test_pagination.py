@@ -232,6 +232,35 @@ def test_core_rows_keep_only_the_statements_columns(shop: Shop):
     assert len(walk_forward(shop.engine, stmt, 40)) == 120  # an Engine works for Core
 
 
+def test_selected_order_by_columns_are_read_where_they_are_not_selected_again(shop: Shop):
+    """When the statement selects its ORDER BY columns (ORM attributes, annotated anew in
+    every statement, or table columns), a page reads the cursor's values from them and
+    adds no key columns to the SQL; an ORDER BY column it does not select is added."""
+    Order = shop.Order
+    table = Order.__table__
+    sent: list[str] = []
+
+    def log(conn: Any, cursor: Any, statement: str, *rest: Any) -> None:
+        sent.append(statement)
+
+    event.listen(shop.engine, "before_cursor_execute", log)
+    try:
+        with Session(shop.engine) as s:
+            orm = select(Order.id, Order.created_at).order_by(Order.created_at.desc(), Order.id)
+            first = keyset_page(s, orm, 7)
+            second = keyset_page(s, orm, 7, after=first.next_cursor)
+            core = select(table.c.id, table.c.created_at).order_by(table.c.created_at.desc())
+            keyset_page(s, core, 7)
+            unselected = select(Order.id).order_by(Order.total, Order.id)
+            keyset_page(s, unselected, 7)
+    finally:
+        event.remove(shop.engine, "before_cursor_execute", log)
+    assert [r.id for r in first.items + second.items] == _expected(
+        shop, lambda o: (-o.created_at.timestamp(), o.id)
+    )[:14]
+    assert ["_sqlperf_key_" in sql for sql in sent] == [False, False, False, True]
+
+
 def test_row_values_where_the_index_reads_them_and_the_expanded_form_elsewhere(
     statements: tuple[Engine, list[str]],
 ):

@@ -33,7 +33,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 from sqlalchemy import (
     Connection,
@@ -64,6 +64,15 @@ from sqlalchemy.sql.schema import Column, Table
 
 from sqlperf.exceptions import InvalidCursor, PaginationError
 from sqlperf.pagination.cursor import decode_cursor, encode_cursor
+
+if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    from typing_extensions import Unpack
+
+    #: Any ``select()``, whatever its columns (SQLAlchemy 2.1's ``Select`` is variadic:
+    #: ``Select[Any]`` would admit one-column selects only).
+    _AnySelect: TypeAlias = Select[Unpack[tuple[Any, ...]]]
 
 __all__ = ["Page", "Totals", "iter_keyset", "keyset_page"]
 
@@ -126,8 +135,8 @@ class _Key:
 class _Plan:
     """What one statement's pagination needs, worked out once per call."""
 
-    stmt: Select[Any]  # the user's statement, ORDER BY removed, key columns added
-    source: Select[Any]  # the user's statement, ORDER BY removed (for totals)
+    stmt: _AnySelect  # the user's statement, ORDER BY removed, key columns added
+    source: _AnySelect  # the user's statement, ORDER BY removed (for totals)
     keys: tuple[_Key, ...]
     ordering: str  # the cursor's ordering description
     dialect: str
@@ -139,7 +148,7 @@ class _Plan:
 
 def keyset_page(
     target: Target,
-    stmt: Select[Any],
+    stmt: _AnySelect,
     per_page: int,
     after: str | None = None,
     before: str | None = None,
@@ -234,7 +243,7 @@ def _check_values(plan: _Plan, values: tuple[Any, ...]) -> tuple[Any, ...]:
     return values
 
 
-def iter_keyset(target: Target, stmt: Select[Any], batch_size: int = 1000) -> Iterator[Any]:
+def iter_keyset(target: Target, stmt: _AnySelect, batch_size: int = 1000) -> Iterator[Any]:
     """Yield every row of ``stmt`` in order, ``batch_size`` rows per query.
 
     Memory stays constant whatever the size of the result: each batch is one
@@ -278,7 +287,7 @@ def _dialect(target: Target) -> Dialect:
     )
 
 
-def _plan(target: Target, stmt: Select[Any]) -> _Plan:
+def _plan(target: Target, stmt: _AnySelect) -> _Plan:
     if not isinstance(stmt, Select):
         raise PaginationError(f"keyset pagination needs a select(), not {type(stmt).__name__}")
     if stmt._limit_clause is not None or stmt._offset_clause is not None:
@@ -328,14 +337,20 @@ def _plan(target: Target, stmt: Select[Any]) -> _Plan:
     )
 
 
-def _positions(stmt: Select[Any], keys: Sequence[_Key]) -> tuple[int, ...] | None:
+def _positions(stmt: _AnySelect, keys: Sequence[_Key]) -> tuple[int, ...] | None:
     """Where each key is among the statement's own result columns, if all of them are."""
     inner = [c.element if isinstance(c, Label) else c for c in stmt.selected_columns]
     by_identity = {id(c): i for i, c in enumerate(inner)}
+    # An ORM attribute's column is annotated anew in each statement: also by the
+    # column under the annotations, before a structural comparison (which is slow).
+    for i, c in enumerate(inner):
+        by_identity.setdefault(id(c._deannotate()), i)
     found = []
     for k in keys:
         index = by_identity.get(id(k.expr))
-        if index is None:  # e.g. an ORM attribute's column, annotated anew
+        if index is None:
+            index = by_identity.get(id(k.expr._deannotate()))
+        if index is None:  # an expression built twice (func.lower(x) in both places)
             index = next((i for i, c in enumerate(inner) if c.compare(k.expr)), None)
             if index is None:
                 return None
@@ -360,7 +375,7 @@ def _is_entity(description: dict[str, Any]) -> bool:
     return bool(getattr(info, "is_mapper", False) or getattr(info, "is_aliased_class", False))
 
 
-def _key(stmt: Select[Any], clause: Any, large: bool) -> _Key:
+def _key(stmt: _AnySelect, clause: Any, large: bool) -> _Key:
     desc = False
     nulls: str | None = None
     element = clause
@@ -399,7 +414,7 @@ def _key(stmt: Select[Any], clause: Any, large: bool) -> _Key:
 
 
 def _uniqueness(
-    stmt: Select[Any], descriptions: Sequence[dict[str, Any]], keys: list[_Key]
+    stmt: _AnySelect, descriptions: Sequence[dict[str, Any]], keys: list[_Key]
 ) -> list[_Key]:
     """The primary-key columns to append when ``keys`` do not identify a row."""
     table = _first_table(stmt, descriptions)
@@ -441,7 +456,7 @@ def _uniqueness(
     ]
 
 
-def _first_table(stmt: Select[Any], descriptions: Sequence[dict[str, Any]]) -> Any:
+def _first_table(stmt: _AnySelect, descriptions: Sequence[dict[str, Any]]) -> Any:
     entity = descriptions[0].get("entity") if descriptions else None
     if entity is not None:
         info = inspect(entity)
@@ -569,7 +584,7 @@ def _total(target: Target, plan: _Plan, kind: Totals) -> tuple[int, bool]:
     return int(target.execute(count).scalar_one()), False
 
 
-def _estimate(target: Target, stmt: Select[Any], dialect: str) -> int | None:
+def _estimate(target: Target, stmt: _AnySelect, dialect: str) -> int | None:
     """The planner's row estimate for ``stmt``: PostgreSQL's plan rows, MySQL's ``rows``."""
     if isinstance(target, Engine):
         with target.connect() as conn:
