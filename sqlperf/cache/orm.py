@@ -185,13 +185,12 @@ class SessionHook:
         self, session: Session, stmt: Any, params: Mapping[str, Any] | None
     ) -> Result[Any] | None:
         """See :meth:`QueryCache.answer_locally`."""
-        direct = self._direct(session, stmt, params)  # (true only when installed)
-        if not direct and not self.is_installed_on(session):
-            raise ConfigurationError(
-                "answer_locally needs the cache installed on this session: "
-                "cache.install(sessionmaker or Session subclass)"
-            )
-        if not direct:
+        if not self._direct(session, stmt, params):  # (true only when installed)
+            if not self.is_installed_on(session):
+                raise ConfigurationError(
+                    "answer_locally needs the cache installed on this session: "
+                    "cache.install(sessionmaker or Session subclass)"
+                )
             try:
                 result: Result[Any] = session.execute(
                     stmt, params, execution_options={LOCAL_ONLY: True}
