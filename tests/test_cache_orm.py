@@ -308,6 +308,23 @@ def test_a_miss_runs_once_and_returns_what_an_uncached_query_returns(
     assert (stats.misses, stats.hits) == (2, 2)
 
 
+def test_a_statement_run_again_reads_its_bound_values_again(shop: Shop):
+    """A statement object's plan is remembered, its bound values are not: a value given
+    by a callable is read at each execution, and keys the entry it reads."""
+    user = shop.User
+    current = {"uid": 1}
+    stmt = select(user.name).where(user.id == bindparam("uid", callable_=lambda: current["uid"]))
+    stmt = stmt.options(cached())
+    names = []
+    for uid in (1, 2, 1, 2):
+        current["uid"] = uid
+        with shop.Session() as s:
+            names.append(s.execute(stmt).scalar_one())
+    assert names == ["ann", "bob", "ann", "bob"]
+    stats = shop.cache.stats()
+    assert (stats.misses, stats.hits) == (2, 2)
+
+
 def test_sessions_that_used_the_cache_leave_no_reference_cycles(shop: Shop):
     """Sessions that missed and hit are freed by reference counting: nothing the cache
     keeps on a session leads back to it (a cycle would leave every request's session,

@@ -96,6 +96,13 @@ class SessionHook:
         self.cache = cache
         self._installed: list[tuple[Any, list[tuple[str, Any]]]] = []
         self._plans = Memo(4096)  # (statement shape, engine) -> FastPlan, or None: no fit
+        # The same by statement object: hashing a shape (a deep tuple, whose hash
+        # Python does not keep) costs more than the rest of a hit's lookup, and an
+        # app usually runs the statements it built once. Weak: a statement built per
+        # call leaves with it. Statements are immutable, so a plan found stays right.
+        self._plan_of: weakref.WeakKeyDictionary[Any, tuple[int, FastPlan | None]] = (
+            weakref.WeakKeyDictionary()
+        )
         # (id(plan), stored value) -> (plan, its processed rows): a hit on an entry met
         # before skips unpickling and result processing. Only rows of immutable values
         # are kept, since every hit of the entry shares them.
@@ -256,16 +263,23 @@ class SessionHook:
 
     def _plan(self, stmt: Any, bind: Engine) -> tuple[FastPlan, list[Any]] | None:
         """The statement shape's plan and this statement's bound values, or ``None``."""
+        # (SQLAlchemy memoizes the key on the statement: the same object each call.)
         cache_key = stmt._generate_cache_key()
         if cache_key is None:
             return None
-        shape = (cache_key.key, id(bind))
-        plan: FastPlan | None = self._plans.get(shape, _UNKNOWN)
-        if plan is _UNKNOWN:
-            plan = plan_for(stmt, bind)
-            self._plans.put(shape, plan)
+        known = self._plan_of.get(stmt)
+        if known is not None and known[0] == id(bind):
+            plan = known[1]
+        else:
+            shape = (cache_key.key, id(bind))
+            plan = self._plans.get(shape, _UNKNOWN)
+            if plan is _UNKNOWN:
+                plan = plan_for(stmt, bind)
+                self._plans.put(shape, plan)
+            self._plan_of[stmt] = (id(bind), plan)
         if plan is None:
             return None
+        # Read each time: a bound value may be a callable's.
         return plan, [b.effective_value for b in cache_key.bindparams]
 
     def _key(self, parameters: Any, bind: Engine, plan: FastPlan, values: list[Any]) -> str:
