@@ -16,6 +16,7 @@ import pytest
 from sqlalchemy import (
     JSON,
     Column,
+    Connection,
     DateTime,
     Engine,
     ForeignKey,
@@ -24,13 +25,16 @@ from sqlalchemy import (
     String,
     Table,
     bindparam,
+    cast,
     event,
     func,
     inspect,
+    literal,
     select,
     text,
     update,
 )
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import (
     DeclarativeBase,
     Mapped,
@@ -600,6 +604,151 @@ def test_cache_all_and_no_cache(shop: Shop):
     stats = shop.cache.stats()
     assert stats.hits == 1  # only the plain select: not no_cache(), never FOR UPDATE
     assert stats.bypasses.get("uncacheable", 0) == 2
+
+
+@pytest.fixture
+def one_connection_shop(request: pytest.FixtureRequest, make_engine: MakeEngine) -> Iterator[Shop]:
+    """The shop on a server (``request.param``: ``"postgresql"`` or ``"mysql"``, or
+    ``("postgresql", isolation_level)``) with a pool of one connection, so that every
+    checkout gets the connection the one before it returned; the cache in memory."""
+    db, level = (request.param, None) if isinstance(request.param, str) else request.param
+    engine = make_engine(
+        require(db), pool_size=1, max_overflow=0, **({"isolation_level": level} if level else {})
+    )
+    base, user, order = _models(uuid.uuid4().hex[:8])
+    base.metadata.create_all(engine)
+    factory = sessionmaker(engine)
+    with factory.begin() as s:
+        s.add_all([user(id=1, name="ann", orders=[order(id=1, total=10)]), user(id=2, name="bob")])
+    backend = MemoryBackend()
+    cache = QueryCache(backend, ttl=60).install(factory)
+    try:
+        yield Shop(engine, cache, backend, factory, user, order)
+    finally:
+        _teardown(cache, base, engine, backend)
+
+
+def _driver_autocommit(conn: Connection) -> bool:
+    """The DB-API connection's own ``autocommit`` flag (psycopg2)."""
+    dbapi_connection: Any = conn.connection.dbapi_connection
+    return bool(dbapi_connection.autocommit)
+
+
+@contextmanager
+def _in_transaction_when_run(engine: Engine) -> Iterator[list[bool]]:
+    """Whether each statement run on ``engine`` ran inside a transaction, as the
+    driver says just after it ran (PostgreSQL)."""
+    seen: list[bool] = []
+
+    def after(conn: Any, *rest: Any) -> None:
+        status = conn.connection.dbapi_connection.info.transaction_status
+        seen.append(status != 0)  # 0: idle, no transaction open on the server
+
+    event.listen(engine, "after_cursor_execute", after)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "after_cursor_execute", after)
+
+
+@pytest.mark.parametrize("one_connection_shop", ["postgresql"], indirect=True)
+def test_a_miss_of_a_session_without_a_transaction_reads_in_autocommit(
+    one_connection_shop: Shop,
+):
+    """On psycopg2, a miss of a session that has no transaction yet runs in autocommit
+    on a connection of its own (no BEGIN, and no ROLLBACK when the session ends: two
+    round trips fewer) and leaves the session without a transaction. It is stored as
+    any miss is, and the pooled connection leaves autocommit again: a later
+    transaction on it still rolls back."""
+    shop = one_connection_shop
+    user = shop.User
+    stmt = select(user.name).where(user.id == bindparam("uid")).options(cached())
+    routing = sessionmaker(class_=RoutingSession, primary=shop.engine)
+    shop.cache.install(routing)
+    with _in_transaction_when_run(shop.engine) as in_transaction:
+        for factory, uid in ((shop.Session, 1), (routing, 2)):
+            with factory() as s:
+                assert s.execute(stmt, {"uid": uid}).scalar_one() in ("ann", "bob")
+                assert s.get_transaction() is None
+                assert shop.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+    assert in_transaction == [False, False]
+    with shop.Session() as s:
+        assert s.execute(stmt, {"uid": 1}).scalar_one() == "ann"  # a hit of what was stored
+    stats = shop.cache.stats()
+    assert (stats.misses, stats.stores, stats.hits) == (2, 2, 1)
+    with shop.engine.connect() as conn:
+        assert not _driver_autocommit(conn)
+        conn.execute(update(user).where(user.id == 1).values(name="gone"))
+        conn.rollback()
+    with Session(shop.engine) as s:
+        assert s.execute(select(user.name).where(user.id == 1)).scalar_one() == "ann"
+
+
+@pytest.mark.parametrize("one_connection_shop", ["postgresql"], indirect=True)
+def test_the_first_query_of_a_new_engine_may_be_a_miss(
+    one_connection_shop: Shop, make_engine: MakeEngine
+):
+    """An engine that has not connected yet does not know its isolation level: its
+    first miss runs in the session's transaction, and later ones in autocommit."""
+    user = one_connection_shop.User
+    engine = make_engine(require("postgresql"))
+    factory = sessionmaker(engine)
+    cache = QueryCache(MemoryBackend()).install(factory)
+    stmt = select(user.name).where(user.id == bindparam("uid")).options(cached())
+    try:
+        for uid, transaction in ((1, True), (2, False)):
+            with factory() as s:
+                assert s.execute(stmt, {"uid": uid}).scalar_one() in ("ann", "bob")
+                assert (s.get_transaction() is not None) is transaction
+    finally:
+        cache.close()
+    assert cache.stats().stores == 2
+
+
+@pytest.mark.parametrize("one_connection_shop", ["postgresql"], indirect=True)
+def test_a_failed_autocommit_miss_leaves_the_connection_out_of_autocommit(
+    one_connection_shop: Shop,
+):
+    """A miss read in autocommit that fails raises the database's error, and the pooled
+    connection goes back out of autocommit."""
+    shop = one_connection_shop
+    user = shop.User
+    broken = select(user.name).where(user.id == cast(literal("not a number"), Integer))
+    broken = broken.options(cached())
+    with shop.Session() as s, pytest.raises(DBAPIError, match="invalid input syntax"):
+        s.execute(broken).all()
+    with shop.engine.connect() as conn:
+        assert not _driver_autocommit(conn)
+
+
+@pytest.mark.parametrize(
+    "one_connection_shop",
+    [("postgresql", "REPEATABLE READ"), "postgresql", "mysql"],
+    indirect=True,
+    ids=["postgresql-repeatable-read", "postgresql-in-a-transaction", "mysql"],
+)
+def test_a_miss_runs_in_the_sessions_transaction_when_it_must(
+    one_connection_shop: Shop, request: pytest.FixtureRequest
+):
+    """A miss begins (or joins) the session's transaction: when the session is in one
+    already, under a snapshot isolation level (the transaction's later reads must see
+    its first read's snapshot), and on drivers whose autocommit switch is a round
+    trip itself (MySQL)."""
+    shop = one_connection_shop
+    user = shop.User
+    stmt = select(user.name).where(user.id == 1).options(cached())
+    case = request.node.callspec.id
+    with shop.Session() as s:
+        if case == "postgresql-in-a-transaction":
+            assert s.execute(select(user.id).where(user.id == 2)).scalar_one() == 2
+        txn = s.get_transaction()
+        assert s.execute(stmt).scalar_one() == "ann"
+        assert s.get_transaction() is not None
+        if txn is not None:
+            assert s.get_transaction() is txn
+        assert shop.engine.pool.checkedout() == 1  # type: ignore[attr-defined]
+    stats = shop.cache.stats()
+    assert (stats.misses, stats.stores) == (1, 1)
 
 
 # Servers only: pysqlite would serialise the threads, so no misses would overlap.

@@ -75,6 +75,12 @@ _IMMUTABLE = frozenset(
     }
 )
 _UNKNOWN: Any = object()
+#: Drivers whose ``autocommit`` switch is the client's alone: turning it on and off
+#: sends nothing to the server.
+_CLIENT_SIDE_AUTOCOMMIT = frozenset({"psycopg2"})
+#: Isolation levels under which a transaction's first statement reads what an
+#: autocommit statement would: the latest commits.
+_PER_STATEMENT_LEVELS = frozenset({"READ COMMITTED", "READ UNCOMMITTED"})
 
 
 @dataclass
@@ -379,7 +385,7 @@ class SessionHook:
         # skips the connection and SQLAlchemy's pipeline, not only the query).
         began = time.perf_counter_ns()
         if look.value is None and not state._remaining_events():
-            ran = self._run(state, session, plan)
+            ran = self._run(state, session, bind, plan)
         else:  # a stored entry that did not fit the plan, or another hook to run first
             ran = state.invoke_statement()
         admission = cache._admission
@@ -393,21 +399,31 @@ class SessionHook:
             )
         return ran
 
-    def _run(self, state: ORMExecuteState, session: Session, plan: FastPlan) -> Result[Any]:
-        """A miss: the statement run on the connection the ORM would use, as the ORM runs
-        it (``Connection.execute``, so engine events and the DB-API step's store see it),
-        and its rows made into the result by the plan, as a hit's are.
+    def _run(
+        self, state: ORMExecuteState, session: Session, bind: Engine, plan: FastPlan
+    ) -> Result[Any]:
+        """A miss: the statement run as the ORM runs it (``Connection.execute``, so engine
+        events and the DB-API step's store see it), and its rows made into the result by
+        the plan, as a hit's are.
 
         What it skips is the ORM's loading step: on a point lookup that costs more
         than the query, and with it a miss returns what the hits after it return.
         Rows that do not fit the plan (an entity with a partly NULL primary key) go
         through the ORM's pipeline instead, which runs the query again.
+
+        It runs on the connection the ORM would use, in the session's transaction;
+        or, when the session has none yet and :func:`_reads_alone` allows it, on a
+        connection of its own in autocommit, which spares the ``BEGIN`` and the
+        ``ROLLBACK`` at the end of the session: two round trips, on a miss that has
+        only one of its own, and the session holds no connection afterwards.
         """
-        conn = session.connection(bind_arguments=state.bind_arguments)
-        cursor_result = conn.execute(
-            state.statement, state.parameters or {}, execution_options=state.local_execution_options
-        )
-        rows = [tuple(row) for row in cursor_result]
+        chosen = session.get_bind(**state.bind_arguments)  # (a route the caller set)
+        if chosen is bind and _reads_alone(session, bind):
+            with bind.connect() as conn:
+                rows = _autocommit_rows(conn, state)
+        else:
+            conn = session.connection(bind_arguments={**state.bind_arguments, "bind": chosen})
+            rows = _rows(conn, state)
         try:
             return plan.result(session, rows)
         except Fallback:
@@ -440,6 +456,44 @@ class SessionHook:
             # holds this, and a cycle would leave every session to the garbage collector.
             session.info[_SESSION_CONNS] = seen = (weakref.ref(root), [])
         seen[1].append(connection)
+
+
+def _rows(conn: Connection, state: ORMExecuteState) -> list[tuple[Any, ...]]:
+    """The rows of ``state``'s statement run on ``conn``."""
+    cursor_result = conn.execute(
+        state.statement, state.parameters or {}, execution_options=state.local_execution_options
+    )
+    return [tuple(row) for row in cursor_result]
+
+
+def _reads_alone(session: Session, bind: Engine) -> bool:
+    """Whether a miss may run in autocommit on a connection of its own rather than
+    begin the session's transaction: the session has none yet, the driver switches
+    autocommit without a round trip, and the isolation level reads the latest
+    commits at each statement. Then the read sees what it would have seen as the
+    transaction's first statement, and nothing later in the session depended on
+    that transaction's snapshot."""
+    if session.get_transaction() is not None or bind.dialect.driver not in _CLIENT_SIDE_AUTOCOMMIT:
+        return False
+    level = bind.get_execution_options().get("isolation_level") or getattr(
+        bind.dialect,
+        "default_isolation_level",
+        None,  # (known once a connection was made)
+    )
+    return str(level).upper() in _PER_STATEMENT_LEVELS
+
+
+def _autocommit_rows(conn: Connection, state: ORMExecuteState) -> list[tuple[Any, ...]]:
+    """The rows of ``state``'s statement run on ``conn`` (newly checked out, so in no
+    transaction) with the driver's autocommit on, and off again before the
+    connection goes back to the pool."""
+    dbapi_connection: Any = conn.connection.dbapi_connection
+    dbapi_connection.autocommit = True
+    try:
+        return _rows(conn, state)
+    finally:
+        if not dbapi_connection.closed:  # (a lost connection is discarded by the pool)
+            dbapi_connection.autocommit = False
 
 
 def _engines_of(target: Any) -> list[Engine]:
