@@ -10,15 +10,19 @@ sent.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import json
 import logging
+import os
 import re
 import threading
+import time
 import warnings
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Annotated, Any
 
 import anyio
@@ -31,7 +35,7 @@ from starlette.exceptions import StarletteDeprecationWarning
 
 from sqlperf import ConfigurationError, QueryCache, RoutingSession, cached
 from sqlperf.capture import QueryRecorder
-from sqlperf.integrations import asgi
+from sqlperf.integrations import _threads
 from sqlperf.integrations.asgi import SqlperfMiddleware, routing_session, run_in_thread
 from tests.replica_cluster import (
     PORT,
@@ -447,6 +451,12 @@ def test_without_a_recorder_lifespan_websockets_and_misuse(
         client_for(bare).get("/")
     with pytest.raises(ConfigurationError, match="token_header"):
         SqlperfMiddleware(app, primary=engine, token_header="")
+    for bad in (-0.001, float("inf"), "1ms"):
+        with pytest.raises(ConfigurationError, match="thread_wait_s"):
+            SqlperfMiddleware(app, primary=engine, thread_wait_s=bad)  # type: ignore[arg-type]
+    for bad_size in (0, 2.5):
+        with pytest.raises(ConfigurationError, match="threads must"):
+            SqlperfMiddleware(app, primary=engine, threads=bad_size)  # type: ignore[arg-type]
 
 
 # -- run_in_thread ------------------------------------------------------------------------
@@ -512,7 +522,7 @@ def test_responses_give_way_to_running_worker_calls(
     the event loop giving up the GIL once (``yield_to_threads``); not once the call has
     returned, also by raising, nor with the option off."""
     gave_way: list[str] = []
-    monkeypatch.setattr(asgi, "_give_way", lambda: gave_way.append("gave way"))
+    monkeypatch.setattr(_threads, "give_way", lambda: gave_way.append("gave way"))
     started, release = threading.Event(), threading.Event()
 
     def blocking() -> None:
@@ -565,6 +575,128 @@ def test_responses_give_way_to_running_worker_calls(
         release.set()
         engine.dispose()
     assert given == ([0, 3, 3] if yield_to_threads else [0, 0, 0])
+
+
+@pytest.mark.parametrize("thread_wait_s", [0.5, 0.0])
+def test_the_event_loop_waits_briefly_for_a_worker_call(
+    thread_wait_s: float, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Under the middleware, ``run_in_thread`` runs its call on the middleware's pool and
+    waits for it on the event loop up to ``thread_wait_s``: a call done by then returns
+    without going back through the loop; one that is not (or with ``0``) is awaited,
+    the loop serving other requests meanwhile. A call's exception reaches the caller
+    either way."""
+    awaited: list[str] = []
+    real_wrap = asyncio.wrap_future
+
+    def wrap_future(future: Any) -> Any:
+        awaited.append("awaited")
+        return real_wrap(future)
+
+    monkeypatch.setattr(asyncio, "wrap_future", wrap_future)
+    started, release = threading.Event(), threading.Event()
+
+    def blocking() -> str:
+        started.set()
+        release.wait(10)
+        return threading.current_thread().name
+
+    def fail() -> None:
+        raise ValueError("from the worker")
+
+    engine = create_engine(f"sqlite:///{tmp_path / 'wait.db'}")
+    app = FastAPI()
+    app.add_middleware(SqlperfMiddleware, primary=engine, thread_wait_s=thread_wait_s)
+
+    @app.get("/quick")
+    async def quick() -> str:
+        with pytest.raises(ValueError, match="from the worker"):
+            await run_in_thread(fail)
+        return await run_in_thread(lambda: threading.current_thread().name)
+
+    @app.get("/blocked")
+    async def blocked() -> str:
+        return await run_in_thread(blocking)
+
+    @app.get("/fast")
+    async def fast() -> str:
+        return "fast"
+
+    async def main() -> tuple[list[str], list[str]]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://shop") as client:
+            names = [(await client.get("/quick")).json()]
+            quick_awaits = list(awaited)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(client.get, "/blocked")
+                await anyio.to_thread.run_sync(started.wait)
+                assert (await client.get("/fast")).json() == "fast"  # the loop is free
+                release.set()
+            return names, quick_awaits
+
+    try:
+        names, quick_awaits = anyio.run(main)
+    finally:
+        release.set()
+        engine.dispose()
+    assert names[0].startswith("sqlperf-worker")
+    if thread_wait_s:
+        assert quick_awaits == []  # both quick calls were done within the wait
+        assert awaited == ["awaited"]  # the blocked one was not
+    else:
+        assert awaited == ["awaited"] * 3
+
+
+def test_waiting_for_worker_calls_pauses_after_three_strikes(monkeypatch: pytest.MonkeyPatch):
+    """A call not done within the wait, or done but mostly waiting rather than on the
+    CPU (the event loop idled for it), is a strike; three in a row pause the waiting,
+    which resumes after the pause. A call done in time on the CPU clears the strikes."""
+    monkeypatch.setattr(_threads, "PAUSE_S", 0.3)
+    threads = _threads.WorkerThreads(wait_s=0.1, max_workers=2)
+
+    def busy() -> None:
+        end = time.thread_time() + 0.005
+        while time.thread_time() < end:
+            pass
+
+    def idle() -> None:
+        time.sleep(0.005)
+
+    def late() -> None:
+        time.sleep(0.3)
+
+    def done_soon(func: Callable[[], None]) -> bool:
+        call = _threads._Call(contextvars.copy_context(), func, ())
+        future = threads.submit(call)
+        done = threads.done_soon(future, call)
+        future.result()
+        return done
+
+    try:
+        assert [done_soon(f) for f in (busy, late, late, busy)] == [True, False, False, True]
+        assert [done_soon(f) for f in (idle, late, idle)] == [True, False, True]  # 3 strikes
+        assert not done_soon(busy)  # paused: not waited for, though done in 5 ms
+        time.sleep(0.3)
+        assert done_soon(busy)
+    finally:
+        threads.close()
+
+
+def test_worker_threads_start_a_pool_of_their_own_in_a_forked_child(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    """A pool made before a fork has no threads in the child: the child makes its own."""
+    threads = _threads.WorkerThreads(wait_s=0.0, max_workers=1)
+    try:
+        assert threads.submit(os.getpid).result(5) == os.getpid()
+        parents = threads._executor
+        monkeypatch.setattr(_threads, "os", SimpleNamespace(getpid=lambda: -1))
+        assert threads.submit(lambda: 42).result(5) == 42
+        assert threads._executor is not parents
+    finally:
+        threads.close()
+        if parents is not None:
+            parents.shutdown()
 
 
 def test_a_wrapped_app_puts_the_request_id_on_its_500s(tmp_path: Path):

@@ -25,13 +25,9 @@ See ``docs/integrations.md``.
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
-import threading
-import time
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import AbstractContextManager, nullcontext
-from typing import Any, TypeVar
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 try:
     import anyio
@@ -52,61 +48,20 @@ from sqlalchemy.orm import sessionmaker
 from sqlperf.cache.query_cache import QueryCache
 from sqlperf.capture.recorder import QueryRecorder
 from sqlperf.exceptions import ConfigurationError
+from sqlperf.integrations import _threads
 from sqlperf.integrations._request import (
     REQUEST_ID_HEADER,
     Integration,
     RequestState,
 )
+from sqlperf.integrations._threads import WorkerThreads, run_in_thread, to_thread
 from sqlperf.routing import RoutingSession
 
 __all__ = ["SqlperfMiddleware", "routing_session", "run_in_thread"]
 
-T = TypeVar("T")
-
 #: Where the middleware leaves the request's state: ``scope["state"][STATE_KEY]``
 #: (``request.state.sqlperf_request`` in Starlette).
 STATE_KEY = "sqlperf_request"
-
-
-class _Offloads:
-    """How many worker-thread calls the requests of one middleware have running; a
-    context manager counting one while its block runs."""
-
-    __slots__ = ("_lock", "running")
-
-    def __init__(self) -> None:
-        self.running = 0
-        # One app may be served by event loops in several threads (test clients);
-        # a lost update would leave the count wrong for good.
-        self._lock = threading.Lock()
-
-    def __enter__(self) -> None:
-        with self._lock:
-            self.running += 1
-
-    def __exit__(self, *exc: object) -> None:
-        with self._lock:
-            self.running -= 1
-
-
-#: The running request's middleware's :class:`_Offloads` (``None`` outside one, or
-#: with ``yield_to_threads=False``).
-_OFFLOADS: contextvars.ContextVar[_Offloads | None] = contextvars.ContextVar(
-    "sqlperf_offloads", default=None
-)
-_UNCOUNTED = nullcontext()
-
-
-def _counted() -> AbstractContextManager[None]:
-    """Count the block as a running worker-thread call of the current request's
-    middleware, if it has ``yield_to_threads``."""
-    return _OFFLOADS.get() or _UNCOUNTED
-
-
-def _give_way() -> None:
-    """Give up the GIL for a moment, so that a worker thread waiting for it takes it."""
-    # A zero-length sleep is a blocking call: CPython releases the GIL around it.
-    time.sleep(0)
 
 
 class SqlperfMiddleware:
@@ -133,6 +88,15 @@ class SqlperfMiddleware:
             answers itself (cache hits) otherwise keeps the GIL for whole turns, and
             the worker waits for it after each blocking call: on the example shop,
             cache misses' p99 fell from about 70 ms to about 20 ms. Off: ``False``.
+        thread_wait_s: how long :func:`run_in_thread` first waits for its call on the
+            event loop, GIL released, before letting the loop go on: a call done by
+            then ran without taking turns on the GIL with the loop (a cache miss of
+            the example shop: from about twenty thread switches to about eight).
+            Waiting pauses for a second after three calls in a row that took longer
+            (a distant database). ``0``: never wait.
+        threads: the size of the pool :func:`run_in_thread` runs calls on (default
+            asyncio's, ``min(32, CPUs + 4)``); more threads than connections in the
+            pool only wait for one.
 
     Attributes:
         sessionmaker: the factory of the request sessions.
@@ -159,9 +123,18 @@ class SqlperfMiddleware:
         token_cookie: str = "sqlperf_token",
         token_max_age: int = 300,
         yield_to_threads: bool = True,
+        thread_wait_s: float = 0.001,
+        threads: int | None = None,
     ) -> None:
+        if not (isinstance(thread_wait_s, (int, float)) and 0 <= thread_wait_s < math.inf):
+            raise ConfigurationError(
+                f"thread_wait_s must be a number of seconds >= 0, not {thread_wait_s!r}"
+            )
+        if threads is not None and (not isinstance(threads, int) or threads < 1):
+            raise ConfigurationError(f"threads must be a whole number >= 1, not {threads!r}")
         self.app = app
-        self._offloads = _Offloads() if yield_to_threads else None
+        self._yield_to_threads = yield_to_threads
+        self._threads = WorkerThreads(float(thread_wait_s), threads)
         self._integration = Integration(
             primary,
             replicas,
@@ -183,8 +156,10 @@ class SqlperfMiddleware:
         return f"SqlperfMiddleware({self._integration!r})"
 
     def close(self) -> None:
-        """Uninstall the ``cache`` from the request sessions and stop counting its hits."""
+        """Uninstall the ``cache`` from the request sessions, stop counting its hits, and
+        let the worker threads end once their calls return."""
         self._integration.close()
+        self._threads.close()
 
     async def __call__(self, scope: ASGIScope, receive: Receive, send: Send) -> None:
         """Handle one ASGI connection; only ``http`` scopes are looked at."""
@@ -213,18 +188,18 @@ class SqlperfMiddleware:
                 message = await _add_headers(state, message)
             await send(message)
 
-        offloads = self._offloads
-        running = _OFFLOADS.set(offloads)
+        threads = self._threads
+        current = _threads.CURRENT.set(threads)
         try:
             await self.app(scope, receive, send_with_headers)
         finally:
             if state.sessions_need_io():  # a rollback, or a token's WAL position: round trips
                 with anyio.CancelScope(shield=True):
-                    await _to_thread(state.close_sessions)
+                    await to_thread(state.close_sessions)
             state.finish()  # here, in the context that opened the scope
-            _OFFLOADS.reset(running)
-            if offloads is not None and offloads.running:
-                _give_way()
+            _threads.CURRENT.reset(current)
+            if self._yield_to_threads and threads.running:
+                _threads.give_way()
 
 
 def _name_endpoint(state: RequestState, scope: ASGIScope) -> None:
@@ -240,7 +215,7 @@ async def _add_headers(state: RequestState, message: Message) -> Message:
     if state.token_needs_io:
         # A session ended a transaction: if it wrote, its token needs the commit's
         # WAL position from the primary. Not on the event loop.
-        token = await _to_thread(state.outgoing_token)
+        token = await to_thread(state.outgoing_token)
     else:
         token = state.outgoing_token()  # in memory
     message = {**message, "headers": list(message.get("headers", ()))}
@@ -285,43 +260,3 @@ async def routing_session(request: Request) -> RoutingSession:
         )
     _name_endpoint(state, request.scope)  # routed by now: before the endpoint's statements
     return state.open_session()
-
-
-async def run_in_thread(func: Callable[..., T], /, *args: Any) -> T:
-    """Run the blocking ``func(*args)`` on a worker thread, handed over at once.
-
-    For an ``async`` endpoint's database work, such as what
-    :meth:`~sqlperf.QueryCache.answer_locally` could not answer. FastAPI's
-    ``run_in_threadpool`` (anyio's ``to_thread.run_sync``) first yields to the event
-    loop twice, for a checkpoint and for its thread limiter: two full turns of the
-    loop, about a millisecond each on a server busy with cache hits. This hands the
-    call to the event loop's default executor at once: ``asyncio``'s thread pool,
-    ``min(32, CPUs + 4)`` threads unless the app sets its own with
-    ``loop.set_default_executor`` (anyio's limiter allows 40; size it to the
-    connection pool: more threads than connections only wait for one).
-
-    The call runs in a copy of the caller's context, so the recorder's scope and
-    other context variables are seen. Cancelling the caller waits for the call to
-    return (a thread cannot be interrupted), as anyio's default does: a session
-    passed to it is never closed while the call still uses it. Under
-    :class:`SqlperfMiddleware`, while the call runs, the event loop gives up the GIL
-    after each response it sends, so the worker is not starved
-    (``yield_to_threads``).
-
-    Example::
-
-        result = cache.answer_locally(session, stmt, {"id": order_id})
-        if result is None:
-            result = await run_in_thread(session.execute, stmt, {"id": order_id})
-    """
-    loop = asyncio.get_running_loop()
-    context = contextvars.copy_context()
-    with _counted(), anyio.CancelScope(shield=True):
-        result = await loop.run_in_executor(None, context.run, func, *args)
-    return result  # noqa: RET504 - returned after the block: a cancel scope may swallow exceptions
-
-
-async def _to_thread(func: Callable[[], T]) -> T:
-    """``anyio.to_thread.run_sync(func)``, counted as running for ``yield_to_threads``."""
-    with _counted():
-        return await anyio.to_thread.run_sync(func)
