@@ -90,10 +90,11 @@ class SqlperfMiddleware:
             cache misses' p99 fell from about 70 ms to about 20 ms. Off: ``False``.
         thread_wait_s: how long :func:`run_in_thread` first waits for its call on the
             event loop, GIL released, before letting the loop go on: a call done by
-            then ran without taking turns on the GIL with the loop (a cache miss of
-            the example shop: from about twenty thread switches to about eight).
-            Waiting pauses for a second after three calls in a row that took longer
-            (a distant database). ``0``: never wait.
+            then ran without taking turns on the GIL with the loop (a cache miss of the
+            example shop on SQLite: about twenty thread switches became five to nine).
+            Waiting pauses for a second after three calls in a row that were not done
+            in time, or spent most of it waiting on round trips while the loop idled
+            (under 80% of it on the CPU). ``0``: never wait.
         threads: the size of the pool :func:`run_in_thread` runs calls on (default
             asyncio's, ``min(32, CPUs + 4)``); more threads than connections in the
             pool only wait for one.
