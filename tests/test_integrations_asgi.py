@@ -647,6 +647,30 @@ def test_the_event_loop_waits_briefly_for_a_worker_call(
         assert awaited == ["awaited"] * 3
 
 
+def test_a_worker_call_that_needs_the_event_loop_is_not_stuck_by_the_wait(tmp_path: Path):
+    """A call that runs a coroutine on the event loop and waits for it cannot finish while
+    the loop waits for the call: the wait ends after ``thread_wait_s`` and the call then
+    completes."""
+    engine = create_engine(f"sqlite:///{tmp_path / 'back.db'}")
+    app = FastAPI()
+    app.add_middleware(SqlperfMiddleware, primary=engine, thread_wait_s=0.05)
+
+    @app.get("/back")
+    async def back() -> str:
+        loop = asyncio.get_running_loop()
+
+        def call_back() -> str:
+            return asyncio.run_coroutine_threadsafe(asyncio.sleep(0, "back"), loop).result(5)
+
+        return await run_in_thread(call_back)
+
+    try:
+        with TestClient(app) as client:
+            assert client.get("/back").json() == "back"
+    finally:
+        engine.dispose()
+
+
 def test_waiting_for_worker_calls_pauses_after_three_strikes(monkeypatch: pytest.MonkeyPatch):
     """A call not done within the wait, or done but mostly waiting rather than on the
     CPU (the event loop idled for it), is a strike; three in a row pause the waiting,

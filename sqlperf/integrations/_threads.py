@@ -194,7 +194,9 @@ async def run_in_thread(func: Callable[..., T], /, *args: Any) -> T:
     middleware's own pool (``threads``), and the event loop first waits for it,
     GIL released, for up to ``thread_wait_s`` (a millisecond): a call done by then
     returns at once, having run without taking turns on the GIL with the loop (see
-    ``docs/integrations.md``). While it runs on, the loop gives up the GIL after
+    ``docs/integrations.md``; a call that needs the loop itself, such as one waiting
+    for ``asyncio.run_coroutine_threadsafe``, goes on once that wait is over). While
+    it runs on, the loop gives up the GIL after
     each response it sends (``yield_to_threads``). Outside the middleware the call
     runs on the event loop's default executor (``min(32, CPUs + 4)`` threads unless
     the app sets its own with ``loop.set_default_executor``).
