@@ -117,6 +117,14 @@ def shop(request: pytest.FixtureRequest, tmp_path: Path, make_engine: MakeEngine
     # test_repeatable_read_stores_only_a_transactions_first_read); these tests
     # read several statements per session.
     engine = make_engine(url, **({"isolation_level": "READ COMMITTED"} if db == "mysql" else {}))
+    with _open_shop(engine, _backend(kind)) as shop:
+        yield shop
+
+
+@contextmanager
+def _open_shop(engine: Engine, backend: CacheBackend) -> Iterator[Shop]:
+    """Tables of their own on ``engine``: ann with orders of 10 and 20, and bob; the cache
+    on ``backend``, installed on a sessionmaker. Dropped and closed afterwards."""
     base, user, order = _models(uuid.uuid4().hex[:8])
     base.metadata.create_all(engine)
     factory = sessionmaker(engine)
@@ -127,7 +135,6 @@ def shop(request: pytest.FixtureRequest, tmp_path: Path, make_engine: MakeEngine
                 user(id=2, name="bob"),
             ]
         )
-    backend = _backend(kind)
     cache = QueryCache(backend, ttl=60).install(factory)
     try:
         yield Shop(engine, cache, backend, factory, user, order)
@@ -615,17 +622,8 @@ def one_connection_shop(request: pytest.FixtureRequest, make_engine: MakeEngine)
     engine = make_engine(
         require(db), pool_size=1, max_overflow=0, **({"isolation_level": level} if level else {})
     )
-    base, user, order = _models(uuid.uuid4().hex[:8])
-    base.metadata.create_all(engine)
-    factory = sessionmaker(engine)
-    with factory.begin() as s:
-        s.add_all([user(id=1, name="ann", orders=[order(id=1, total=10)]), user(id=2, name="bob")])
-    backend = MemoryBackend()
-    cache = QueryCache(backend, ttl=60).install(factory)
-    try:
-        yield Shop(engine, cache, backend, factory, user, order)
-    finally:
-        _teardown(cache, base, engine, backend)
+    with _open_shop(engine, MemoryBackend()) as shop:
+        yield shop
 
 
 def _driver_autocommit(conn: Connection) -> bool:

@@ -464,17 +464,18 @@ def test_without_a_recorder_lifespan_websockets_and_misuse(
 _REQUEST_CONTEXT: contextvars.ContextVar[str] = contextvars.ContextVar("request_context")
 
 
+def _fail_in_worker() -> None:
+    raise ValueError("from the worker")
+
+
 def test_run_in_thread_runs_on_a_worker_with_the_callers_context():
     def work(a: int, b: int) -> tuple[int, str, str]:
         return a + b, threading.current_thread().name, _REQUEST_CONTEXT.get()
 
-    def fail() -> None:
-        raise ValueError("from the worker")
-
     async def main() -> tuple[tuple[int, str, str], str]:
         _REQUEST_CONTEXT.set("request-7")
         with pytest.raises(ValueError, match="from the worker"):
-            await run_in_thread(fail)
+            await run_in_thread(_fail_in_worker)
         return await run_in_thread(work, 2, 3), threading.current_thread().name
 
     (total, worker, seen), loop_thread = anyio.run(main)
@@ -529,9 +530,6 @@ def test_responses_give_way_to_running_worker_calls(
         started.set()
         release.wait(10)
 
-    def fail() -> None:
-        raise ValueError("from the worker")
-
     engine = create_engine(f"sqlite:///{tmp_path / 'give_way.db'}")
     app = FastAPI()
     app.add_middleware(SqlperfMiddleware, primary=engine, yield_to_threads=yield_to_threads)
@@ -544,7 +542,7 @@ def test_responses_give_way_to_running_worker_calls(
     @app.get("/fail")
     async def failing() -> str:
         with pytest.raises(ValueError, match="from the worker"):
-            await run_in_thread(fail)
+            await run_in_thread(_fail_in_worker)
         return "failed"
 
     @app.get("/fast")
@@ -601,9 +599,6 @@ def test_the_event_loop_waits_briefly_for_a_worker_call(
         release.wait(10)
         return threading.current_thread().name
 
-    def fail() -> None:
-        raise ValueError("from the worker")
-
     engine = create_engine(f"sqlite:///{tmp_path / 'wait.db'}")
     app = FastAPI()
     app.add_middleware(SqlperfMiddleware, primary=engine, thread_wait_s=thread_wait_s)
@@ -611,7 +606,7 @@ def test_the_event_loop_waits_briefly_for_a_worker_call(
     @app.get("/quick")
     async def quick() -> str:
         with pytest.raises(ValueError, match="from the worker"):
-            await run_in_thread(fail)
+            await run_in_thread(_fail_in_worker)
         return await run_in_thread(lambda: threading.current_thread().name)
 
     @app.get("/blocked")
