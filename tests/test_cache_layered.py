@@ -316,6 +316,82 @@ def test_fill_across_a_resubscribe_is_refused(
     assert b.local.size == (0, 0)
 
 
+def test_a_miss_stored_goes_into_the_local_level_too(
+    make_layered: Callable[..., LayeredBackend],
+) -> None:
+    """The entry a miss goes on to store is in this process's L1 at once: the next
+    lookup needs no round trip. Another process finds it in Redis."""
+    a, b = usable(make_layered("a")), usable(make_layered("b"))
+    look = a.lookup("k", ["t"])
+    assert look == Lookup((0,), False, None)
+    assert a.store("k", ["t"], look.generations, b"v", 60)
+    assert a.lookup_local("k", ["t"]) == b"v"
+    assert a.lookup("k", ["t"]) == Lookup((), False, b"v")
+    assert a.stats() == {"local_hits": 2, "remote_hits": 0, "misses": 1, "subscriptions": 1}
+    assert b.lookup_local("k", ["t"]) is None
+    assert b.lookup("k", ["t"]).value == b"v"
+    assert b.stats()["remote_hits"] == 1
+
+    # A store of generations that a lookup did not hand out stores in Redis only.
+    assert a.store("plain", ["t"], (0,), b"p", 60)
+    assert a.lookup_local("plain", ["t"]) is None
+    assert a.lookup("plain", ["t"]).value == b"p"
+
+
+def test_a_stored_miss_lives_in_the_local_level_no_longer_than_its_ttl(
+    make_layered: Callable[..., LayeredBackend],
+) -> None:
+    a = usable(make_layered(local_ttl=60))
+    look = a.lookup("k", ["t"])
+    assert a.store("k", ["t"], look.generations, b"v", 0.05)
+    assert a.lookup_local("k", ["t"]) == b"v"
+    time.sleep(0.15)
+    assert a.lookup_local("k", ["t"]) is None
+
+
+def test_a_stored_miss_is_kept_out_of_the_local_level_after_an_invalidation(
+    make_layered: Callable[..., LayeredBackend],
+) -> None:
+    """A write heard between a miss's lookup and its store: Redis refuses the entry
+    (its generation moved), and L1 gets nothing either."""
+    a, b = usable(make_layered("a")), usable(make_layered("b"))
+    look = a.lookup("k", ["t"])
+    b.begin_write(["t"])
+    b.end_write(["t"])
+    wait_until(lambda: a.local.lookup("k", ["t"]).generations == (1,), "A hears the write")
+    assert not a.store("k", ["t"], look.generations, b"old", 60)
+    assert a.local.size == (0, 0)
+    assert a.lookup("k", ["t"]).value is None
+
+
+def test_a_stored_miss_across_a_resubscribe_stays_out_of_the_local_level(
+    redis_url: str, make_layered: Callable[..., LayeredBackend]
+) -> None:
+    """Invalidations sent while the subscription was down are lost: an entry whose
+    lookup came before a resubscribe may go into Redis (whose generations it was
+    checked against) but not into L1."""
+    a = usable(make_layered("a"))
+    look = a.lookup("k", ["t"])
+    kill_subscriber(redis_url, a)
+    wait_until(lambda: a.stats()["subscriptions"] == 2 and a.local_usable, "A resubscribes")
+    assert a.store("k", ["t"], look.generations, b"v", 60)
+    assert a.local.size == (0, 0)
+    assert a.lookup("k", ["t"]).value == b"v"  # from Redis, and copied into L1 now
+    assert a.local.size[0] == 1
+
+
+def test_a_miss_during_a_write_is_not_stored_in_either_level(
+    make_layered: Callable[..., LayeredBackend],
+) -> None:
+    a = usable(make_layered("a"))
+    a.begin_write(["t"])
+    look = a.lookup("k", ["t"])
+    assert look.in_flight
+    assert not a.store("k", ["t"], look.generations, b"maybe-old", 60)
+    a.end_write(["t"])
+    assert a.local.size == (0, 0)
+
+
 def test_subscription_loss_turns_the_local_level_off_until_resubscribed(
     redis_url: str, make_layered: Callable[..., LayeredBackend]
 ) -> None:
@@ -471,13 +547,13 @@ def test_query_cache_end_to_end_on_sqlite(tmp_path: Path, redis_url: str, namesp
             with engine.connect() as conn:
                 return list(conn.execute(select(t.c.v).options(cached())).scalars())
 
-        assert read() == [10]  # miss: stored in Redis
-        assert read() == [10]  # Redis hit, copied into L1
+        assert read() == [10]  # miss: stored in Redis and in L1
+        assert read() == [10]  # L1 hit
         assert read() == [10]  # L1 hit
         stats = cache.stats()
         assert (stats.misses, stats.hits, stats.stores) == (1, 2, 1)
-        assert backend.stats()["local_hits"] == 1
-        assert backend.stats()["remote_hits"] == 1
+        assert backend.stats()["local_hits"] == 2
+        assert backend.stats()["remote_hits"] == 0
 
         with engine.begin() as conn:
             conn.execute(update(t).where(t.c.id == 1).values(v=11))

@@ -23,7 +23,11 @@ correct across processes by Redis pub/sub:
   (:meth:`MemoryBackend.store` is conditional). An invalidation heard between
   the two makes the copy fail; one heard after it invalidates the copy. Each
   clear of L1 also bumps an epoch the copy is checked against, because a clear
-  resets L1's generations to zero, where an old read could match them again;
+  resets L1's generations to zero, where an old read could match them again.
+  A lookup that misses both levels hands those L1 generations and the epoch on,
+  with Redis's generations: the entry that the miss's query then stores goes into
+  Redis and, once Redis took it, into L1 under the same rule (so the next lookup
+  of the key is answered by L1, not by another round trip);
 * **this process's own writes**: :meth:`LayeredBackend.begin_write` bumps Redis
   first and L1 right after, without waiting for its own message to come back,
   so after a commit returns this process never reads its own stale L1 entry;
@@ -97,6 +101,21 @@ def _reset_in_child(ref: weakref.ReferenceType[LayeredBackend]) -> None:
     backend = ref()
     if backend is not None:
         backend._reset_after_fork()
+
+
+class _MissGenerations(tuple[int, ...]):
+    """Redis's generations from a lookup that missed both levels, carrying what the
+    store of the entry needs to copy it into L1 as well: L1's generations, read before
+    Redis was asked, and L1's epoch then."""
+
+    local: tuple[int, ...]
+    epoch: int
+
+    def __new__(cls, remote: Sequence[int], local: tuple[int, ...], epoch: int) -> _MissGenerations:
+        generations = super().__new__(cls, remote)
+        generations.local = local
+        generations.epoch = epoch
+        return generations
 
 
 class LayeredBackend:
@@ -183,7 +202,10 @@ class LayeredBackend:
         if look.value is None:
             with self._counts_lock:
                 self._misses += 1
-            return look
+            if local_look is None or local_look.in_flight or look.in_flight:
+                return look
+            generations = _MissGenerations(look.generations, local_look.generations, epoch)
+            return Lookup(generations, False, None)
         with self._counts_lock:
             self._remote_hits += 1
         if local_look is not None and not look.in_flight and not local_look.in_flight:
@@ -201,15 +223,22 @@ class LayeredBackend:
                 self._local_hits += 1
         return value
 
-    def _fill_local(
-        self, key: str, tables: Sequence[str], generations: Sequence[int], value: bytes, epoch: int
+    def _fill_local(  # noqa: PLR0917 - the store's arguments plus the epoch
+        self,
+        key: str,
+        tables: Sequence[str],
+        generations: Sequence[int],
+        value: bytes,
+        epoch: int,
+        ttl: float = math.inf,
     ) -> bool:
-        """Copy a remote hit into L1, under the L1 generations read before the remote
-        lookup, unless L1 was cleared (or switched off) since."""
+        """Copy an entry into L1 for at most ``local_ttl`` (and ``ttl``), under the L1
+        generations read before the remote lookup, unless L1 was cleared (or switched
+        off) since."""
         with self._lock:
             if not self._usable or self._epoch != epoch:
                 return False
-            return self.local.store(key, tables, generations, value, self.local_ttl)
+            return self.local.store(key, tables, generations, value, min(ttl, self.local_ttl))
 
     def store(
         self,
@@ -219,9 +248,14 @@ class LayeredBackend:
         value: bytes,
         ttl: float,
     ) -> bool:
-        """See :meth:`CacheBackend.store`: stores in Redis only (``generations`` are
-        Redis's); L1 gets a copy on a later lookup."""
-        return self.remote.store(key, tables, generations, value, ttl)
+        """See :meth:`CacheBackend.store`: stores in Redis under Redis's ``generations``;
+        when those come from a lookup of this backend that missed both levels, and
+        Redis took the entry, copies it into L1 too (see the fill race in the module
+        documentation)."""
+        stored = self.remote.store(key, tables, generations, value, ttl)
+        if stored and isinstance(generations, _MissGenerations):
+            self._fill_local(key, tables, generations.local, value, generations.epoch, ttl)
+        return stored
 
     def begin_write(self, tables: Sequence[str]) -> None:
         """See :meth:`CacheBackend.begin_write`: bumps and publishes in Redis, then
