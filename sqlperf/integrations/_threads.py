@@ -10,14 +10,15 @@ shop on SQLite, which made a miss cost as much CPU as five or six hits. Two
 things here keep that in bounds:
 
 * **waiting first** (``thread_wait_s``): :func:`run_in_thread` waits for its call
-  on the event loop, GIL released, for up to a millisecond before it lets the loop
-  go on. A call done by then ran without anyone taking turns with it, and returns
-  without another trip through the loop. That is worth it only for a call that
-  keeps the CPU busy (a miss on SQLite) and would have taken the GIL anyway; the
-  loop waiting out a call's round trips (a miss on PostgreSQL and Redis) idles
-  while requests could have been served. So a call that is not done in time, or
-  that spent less than 80% of its time on the CPU, is a strike: after three in a
-  row the waiting stops for a second, then is tried again;
+  on the event loop, GIL released, for up to three milliseconds before it lets the
+  loop go on. A call done by then ran without anyone taking turns with it, and
+  returns without another trip through the loop. The loop idles while the call
+  waits on round trips (a miss on PostgreSQL and Redis spends about 40% of its time
+  so), but taking turns costs more: each of the call's blocking steps hands the
+  GIL to the busy loop and waits to get it back, two thread switches and the
+  loop's next turn each time. The wait is bounded: a call not done within it is a
+  strike, and after three in a row the waiting stops for a second, then is tried
+  again (so slow queries, or a far database, are not waited for);
 * **giving way** (``yield_to_threads``): while a call runs on its own, the
   middleware gives up the GIL once after each response, so that the call is not
   left waiting for the loop's whole turns.
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import os
 import threading
 import time
@@ -41,34 +43,10 @@ __all__ = ["CURRENT", "WorkerThreads", "counted", "give_way", "run_in_thread", "
 
 T = TypeVar("T")
 
-#: Strikes in a row (calls not done within the wait, or done but mostly waiting on
-#: I/O) after which waiting pauses.
+#: Strikes in a row (calls not done within the wait) after which waiting pauses.
 STRIKES = 3
 #: How long waiting pauses then, in seconds.
 PAUSE_S = 1.0
-#: The least share of a waited-for call's time spent on the CPU for the wait to pay.
-MIN_CPU_SHARE = 0.8
-
-
-class _Call:
-    """``func(*args)`` in ``context``, timing itself on the worker: wall and CPU time."""
-
-    __slots__ = ("args", "context", "cpu_s", "func", "wall_s")
-
-    def __init__(self, context: contextvars.Context, func: Callable[..., Any], args: Any) -> None:
-        self.context = context
-        self.func = func
-        self.args = args
-        self.cpu_s = 0.0
-        self.wall_s = 0.0
-
-    def __call__(self) -> Any:
-        cpu, wall = time.thread_time(), time.perf_counter()
-        try:
-            return self.context.run(self.func, *self.args)
-        finally:
-            self.cpu_s = time.thread_time() - cpu
-            self.wall_s = time.perf_counter() - wall
 
 
 class WorkerThreads:
@@ -129,9 +107,9 @@ class WorkerThreads:
             executor = self._executor
         return executor.submit(func)
 
-    def done_soon(self, future: Future[Any], call: _Call) -> bool:
-        """Wait up to :attr:`wait_s` for ``future``, running ``call``, unless waiting is
-        paused (see the module); whether it is done."""
+    def done_soon(self, future: Future[Any]) -> bool:
+        """Wait up to :attr:`wait_s` for ``future``, unless waiting is paused (see the
+        module); whether it is done."""
         if self.wait_s <= 0 or (self._paused_until and time.monotonic() < self._paused_until):
             return False
         try:
@@ -139,9 +117,7 @@ class WorkerThreads:
         except TimeoutError:
             self._strike()
             return False
-        if call.cpu_s < MIN_CPU_SHARE * call.wall_s:
-            self._strike()
-        elif self._strikes:
+        if self._strikes:
             with self._lock:
                 self._strikes = 0
         return True
@@ -192,7 +168,7 @@ async def run_in_thread(func: Callable[..., T], /, *args: Any) -> T:
 
     Under :class:`~sqlperf.integrations.asgi.SqlperfMiddleware` the call runs on the
     middleware's own pool (``threads``), and the event loop first waits for it,
-    GIL released, for up to ``thread_wait_s`` (a millisecond): a call done by then
+    GIL released, for up to ``thread_wait_s`` (three milliseconds): a call done by then
     returns at once, having run without taking turns on the GIL with the loop (see
     ``docs/integrations.md``; a call that needs the loop itself, such as one waiting
     for ``asyncio.run_coroutine_threadsafe``, goes on once that wait is over). While
@@ -220,9 +196,8 @@ async def run_in_thread(func: Callable[..., T], /, *args: Any) -> T:
             result = await loop.run_in_executor(None, context.run, func, *args)
         return result  # noqa: RET504 - returned after the block: a cancel scope may swallow exceptions
     with threads:
-        call = _Call(context, func, args)
-        future: Future[T] = threads.submit(call)
-        if threads.done_soon(future, call):
+        future: Future[T] = threads.submit(functools.partial(context.run, func, *args))
+        if threads.done_soon(future):
             return future.result()
         with anyio.CancelScope(shield=True):
             result = await asyncio.wrap_future(future)

@@ -93,8 +93,7 @@ class SqlperfMiddleware:
             then ran without taking turns on the GIL with the loop (a cache miss of the
             example shop on SQLite: about twenty thread switches became five to nine).
             Waiting pauses for a second after three calls in a row that were not done
-            in time, or spent most of it waiting on round trips while the loop idled
-            (under 80% of it on the CPU). ``0``: never wait.
+            in time. ``0``: never wait.
         threads: the size of the pool :func:`run_in_thread` runs calls on (default
             asyncio's, ``min(32, CPUs + 4)``); more threads than connections in the
             pool only wait for one.
@@ -124,7 +123,7 @@ class SqlperfMiddleware:
         token_cookie: str = "sqlperf_token",
         token_max_age: int = 300,
         yield_to_threads: bool = True,
-        thread_wait_s: float = 0.001,
+        thread_wait_s: float = 0.003,
         threads: int | None = None,
     ) -> None:
         if not (isinstance(thread_wait_s, (int, float)) and 0 <= thread_wait_s < math.inf):
