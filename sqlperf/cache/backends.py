@@ -308,7 +308,9 @@ def _pool_class(redis: Any) -> type[Any]:
     so none is left out of step; a lookup checks that its reply is its own
     (:class:`OutOfStep`); and a connection the server closed is noticed by the
     health check (a PING before a command on a connection idle for 30 s) or by
-    its next command failing, which the client retries on a new connection.
+    its next command failing, which :class:`RedisBackend` then runs once more on
+    a new connection (lookups and stores only, which are safe to repeat; when Redis
+    is down, that second try fails too and the cache reads the database).
     """
 
     class LeanConnectionPool(redis.ConnectionPool):  # type: ignore[misc]
