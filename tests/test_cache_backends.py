@@ -48,7 +48,7 @@ class TestRedisBackend(BackendConformance):
         backend.end_write(["a", "b"])
         assert len(calls) == 5  # lookup, store, lookup, begin_write, end_write
 
-    def test_a_lookup_without_tables_is_one_round_trip_too(self, backend: RedisBackend) -> None:
+    def test_a_lookup_without_tables_finds_what_was_stored(self, backend: RedisBackend) -> None:
         look = backend.lookup("k", [])
         assert look == Lookup((), False, None)
         assert backend.store("k", [], look.generations, b"v", 60)
