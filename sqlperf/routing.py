@@ -281,6 +281,7 @@ class ConsistencyToken:
 # -- the session ---------------------------------------------------------------------------
 
 _PENDING = object()  # per-transaction state claimed for a transaction about to begin
+_ENDED = object()  # the marked transaction ended when the session was closed
 
 _PG_REPLICA_CHECK = (
     "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text, "
@@ -453,6 +454,17 @@ class RoutingSession(Session):
         self._txn_marker = txn
         self._declared_write = True
         return txn
+
+    def close(self) -> None:
+        """``Session.close()``: end the transaction, release the connections.
+
+        The ended transaction is let go here rather than at the next statement: it
+        refers back to the session, so keeping it would leave both (and what they
+        hold) to the garbage collector's cycle pass, once per request in a web app.
+        """
+        super().close()
+        if self._txn_marker is not None and self._txn_marker is not _PENDING:
+            self._txn_marker = _ENDED  # still not the current one: see _sync_transaction
 
     def consistency_token(self) -> str | None:
         """The token of this session's last writing commit, for a cookie or header.

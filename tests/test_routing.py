@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 import uuid
@@ -67,6 +68,42 @@ def test_reads_go_to_the_replica_and_writes_to_the_primary(pg: Cluster):
             break
         assert time.monotonic() < deadline
         time.sleep(0.05)
+
+
+def test_closed_sessions_leave_no_reference_cycles_and_keep_their_token(pg: Cluster):
+    """Sessions that read a replica, or wrote, are freed by reference counting once
+    closed and dropped (the ended transaction they kept referred back to them); the
+    writer's token, read after the close, still names its commit."""
+    Item = pg.model
+
+    def work(mode: str) -> str | None:
+        Session = sessionmaker(
+            class_=RoutingSession, primary=pg.primary, replicas=[pg.replica], mode=mode
+        )
+        with Session() as reader:  # the second statement marks the transaction
+            assert [reader.scalar(PORT), reader.scalar(PORT)] == [5433, 5433]
+        with Session() as writer:
+            writer.add(Item(name=mode))
+            writer.commit()
+        return writer.consistency_token()
+
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        tokens = [work("statement"), work("transaction")]
+        gc.collect()
+        sessions = [o for o in gc.garbage if isinstance(o, RoutingSession)]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert sessions == []
+    assert None not in tokens
+    Session = sessionmaker(class_=RoutingSession, primary=pg.primary, replicas=[pg.replica])
+    with Session(consistency_token=tokens[-1]) as s:
+        names = s.scalars(select(Item.name).order_by(Item.id)).all()  # type: ignore[attr-defined]
+    assert names == ["statement", "transaction"]
 
 
 def test_locking_reads_dml_and_text_writes_go_to_the_primary(pg: Cluster):
