@@ -9,6 +9,7 @@ that does not answer skips its tests with the reason, or fails them when
 
 from __future__ import annotations
 
+import gc
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -70,6 +71,25 @@ def _probe(name: str) -> str | None:
             engine.dispose()
     except Exception:
         return None
+
+
+@contextmanager
+def cyclic_garbage() -> Iterator[list[object]]:
+    """Run the block with the garbage collector off; on leaving, the list holds what a
+    collection then found reachable only through reference cycles (cycles left by the
+    block: those made before it are collected first)."""
+    found: list[object] = []
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        yield found
+        gc.collect()
+        found.extend(gc.garbage)
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
 
 
 def require(name: str) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -60,7 +59,7 @@ from sqlperf.cache import (
 )
 from sqlperf.cache.backends import CacheBackend
 from sqlperf.cache.payload import PayloadCodec
-from tests.conftest import require
+from tests.conftest import cyclic_garbage, require
 
 MakeEngine = Callable[..., Engine]
 _AT = datetime(2026, 11, 22, 9, 30, 15)
@@ -344,21 +343,13 @@ def test_sessions_that_used_the_cache_leave_no_reference_cycles(shop: Shop):
     stmt = select(user.name).where(user.id == bindparam("uid")).options(cached())
     routing = sessionmaker(class_=RoutingSession, primary=shop.engine)
     shop.cache.install(routing)
-    gc.collect()
-    gc.disable()
-    gc.set_debug(gc.DEBUG_SAVEALL)
-    try:
+    with cyclic_garbage() as garbage:
         for factory in (shop.Session, routing):
             for uid in (1, 1, 2):  # a miss, a hit, a miss
                 with factory() as s:
                     assert s.execute(stmt, {"uid": uid}).scalar_one() in ("ann", "bob")
-        gc.collect()
-        sessions = [o for o in gc.garbage if isinstance(o, Session)]
-    finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
-        gc.enable()
-    assert sessions == []
+    assert [o for o in garbage if isinstance(o, Session)] == []
+    del garbage
     stats = shop.cache.stats()
     assert (stats.misses, stats.hits) == (2, 4)  # the routing sessions hit what the first stored
 

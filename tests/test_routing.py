@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import threading
 import time
 import uuid
@@ -22,7 +21,7 @@ from sqlperf.routing import (
     replica_health,
     routing_stats,
 )
-from tests.conftest import require
+from tests.conftest import cyclic_garbage, require
 from tests.replica_cluster import (
     PORT,
     Cluster,
@@ -87,18 +86,10 @@ def test_closed_sessions_leave_no_reference_cycles_and_keep_their_token(pg: Clus
             writer.commit()
         return writer.consistency_token()
 
-    gc.collect()
-    gc.disable()
-    gc.set_debug(gc.DEBUG_SAVEALL)
-    try:
+    with cyclic_garbage() as garbage:
         tokens = [work("statement"), work("transaction")]
-        gc.collect()
-        sessions = [o for o in gc.garbage if isinstance(o, RoutingSession)]
-    finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
-        gc.enable()
-    assert sessions == []
+    assert [o for o in garbage if isinstance(o, RoutingSession)] == []
+    del garbage
     assert None not in tokens
     Session = sessionmaker(class_=RoutingSession, primary=pg.primary, replicas=[pg.replica])
     with Session(consistency_token=tokens[-1]) as s:
