@@ -67,6 +67,7 @@ from sqlperf.cache.keys import (
 from sqlperf.cache.options import CACHE_OPTION, CacheDirective, directive_of
 from sqlperf.cache.orm import ORM_LOOKUP, WRITTEN, OrmLookup, SessionHook
 from sqlperf.cache.payload import BadPayload, PayloadCodec
+from sqlperf.cache.prepared import PreparedStatements
 from sqlperf.cache.replay import ReplayCursor
 from sqlperf.exceptions import ConfigurationError
 from sqlperf.routing import engine_role
@@ -113,6 +114,7 @@ class CacheStats:
         bad_payloads: entries dropped because their signature or content was wrong.
         bytes_stored / bytes_served: total size of the payloads stored and hit.
         flight_waits: misses that waited for another thread's identical query.
+        prepared: misses run as server-side prepared statements (``prepare_misses``).
     """
 
     hits: int
@@ -125,6 +127,7 @@ class CacheStats:
     bytes_stored: int
     bytes_served: int
     flight_waits: int
+    prepared: int
 
     @property
     def hit_ratio(self) -> float:
@@ -177,6 +180,12 @@ class QueryCache:
             the cache for a while (:mod:`sqlperf.cache.admission`); an
             :class:`~sqlperf.cache.Admission` to tune the window and cooldown;
             ``False`` always uses the cache.
+        prepare_misses: on PostgreSQL with psycopg2, run a repeated statement's misses
+            that read in autocommit as server-side prepared statements, planned once
+            per connection (:mod:`sqlperf.cache.prepared`); ``False`` sends them as
+            text, as psycopg2 does. Turn it off behind a pooler that cannot keep
+            prepared statements (PgBouncer in transaction mode): they would fail and
+            fall back to text, costing a round trip each first time.
 
     Example::
 
@@ -214,6 +223,7 @@ class QueryCache:
         breaker_threshold: int = 3,
         breaker_cooldown_s: float = 5.0,
         skip_unprofitable: bool | Admission = True,
+        prepare_misses: bool = True,
     ) -> None:
         if not isinstance(backend, CacheBackend):
             raise ConfigurationError(
@@ -253,6 +263,7 @@ class QueryCache:
             self._admission = skip_unprofitable
         else:
             self._admission = Admission() if skip_unprofitable else None
+        self._prepared = PreparedStatements() if prepare_misses else None
 
     def __repr__(self) -> str:
         return (
@@ -750,7 +761,7 @@ class QueryCache:
             began = time.perf_counter_ns()
             if parameters is None:
                 context.dialect.do_execute_no_params(cursor, statement, context)
-            else:
+            elif not self._execute_prepared(cursor, statement, parameters, context):
                 context.dialect.do_execute(cursor, statement, parameters, context)
             description = cursor.description
             rows = list(cursor.fetchall()) if description is not None else []
@@ -765,6 +776,18 @@ class QueryCache:
         finally:
             if locked:
                 self._unlock(key)
+
+    def _execute_prepared(self, cursor: Any, statement: str, parameters: Any, context: Any) -> bool:
+        """Run a miss as a prepared statement if it may be one (psycopg2, autocommit,
+        named parameters; see :mod:`sqlperf.cache.prepared`): whether it ran."""
+        if (
+            self._prepared is None
+            or type(parameters) is not dict
+            or context.dialect.driver != "psycopg2"
+            or not cursor.connection.autocommit
+        ):
+            return False
+        return self._prepared.execute(cursor, statement, parameters, context.root_connection.info)
 
     def _unstorable(self, context: Any, look: Lookup) -> str | None:
         if look.in_flight:
@@ -864,6 +887,7 @@ class QueryCache:
                 bytes_stored=c.bytes_stored,
                 bytes_served=c.bytes_served,
                 flight_waits=c.flight_waits,
+                prepared=0 if self._prepared is None else self._prepared.executions,
             )
 
     def flush(self) -> None:
