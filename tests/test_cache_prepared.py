@@ -90,8 +90,9 @@ def test_a_statement_becomes_one_to_prepare():
     assert shape is not None
     assert shape.names == ("x", "y")
     assert shape.body == "SELECT a FROM t WHERE a = $1 AND b LIKE 'q%' OR c = $1 OR d = $2"
-    assert shape.call.format("s") == "EXECUTE s(%(x)s, %(y)s)"
-    assert _shape_of("SELECT 1").call.format("s") == "EXECUTE s"  # type: ignore[union-attr]
+    assert shape.arguments == "(%(x)s, %(y)s)"
+    assert _shape_of("SELECT 1").arguments == ""  # type: ignore[union-attr]
+    assert _shape_of("SELECT %(a{b})s").arguments == "(%(a{b})s)"  # type: ignore[union-attr]
     assert _shape_of("SELECT 'a%b'") is None  # a lone %: not psycopg2's pyformat
     assert _shape_of("SELECT $$x$$") is None  # a $ of its own
 

@@ -96,7 +96,7 @@ class _Shape:
 
     names: tuple[str, ...]  # the parameters, in the order of $1, $2, ...
     body: str  # the statement with $n for each parameter and '%' for '%%'
-    call: str  # "EXECUTE {name}(%(a)s, ...)", to format with the name
+    arguments: str  # what follows "EXECUTE name": "(%(a)s, %(b)s)", or "" without parameters
     seen: int = 0  # executions by this cache (approximate under threads)
     refused: set[tuple[str, ...]] = field(default_factory=set)  # failed signatures
     statement_names: dict[tuple[str, ...], str] = field(default_factory=dict)
@@ -124,7 +124,7 @@ def _shape_of(statement: str) -> _Shape | None:
     if lone:
         return None
     args = ", ".join(f"%({n})s" for n in names)
-    return _Shape(tuple(names), body, "EXECUTE {}" + (f"({args})" if names else ""))
+    return _Shape(tuple(names), body, f"({args})" if names else "")
 
 
 class PreparedStatements:
@@ -170,7 +170,7 @@ class PreparedStatements:
                 return False
             prepared.add(name)
         try:
-            cursor.execute(shape.call.format(name), parameters)
+            cursor.execute(f"EXECUTE {name}{shape.arguments}", parameters)
         except Exception:
             if connection.closed:
                 raise
