@@ -6,7 +6,7 @@ developer wants is the first one below them: the line of the application that
 ran the query, or touched the lazy-loaded attribute.
 
 Whether a code object belongs to a library is decided once per code object and
-remembered, so a walk costs a dictionary lookup per frame.
+remembered, so a walk costs a dictionary lookup per frame (by the code object's id).
 """
 
 from __future__ import annotations
@@ -60,8 +60,11 @@ class CallSiteFinder:
     """
 
     def __init__(self) -> None:
-        # code object -> None (library) or the display name of its file
-        self._files: dict[CodeType, str | None] = {}
+        # id(code object) -> (the code object, None (library) or the display name of its
+        # file). Keyed by id: a code object's own hash is not cached and covers its
+        # constants, 0.1-0.6 µs per frame of SQLAlchemy's, about 30 frames per statement.
+        # The value keeps the code object alive, so its id is never another's.
+        self._files: dict[int, tuple[CodeType, str | None]] = {}
         self._cwd = os.getcwd()
         self._lock = threading.Lock()
 
@@ -75,14 +78,15 @@ class CallSiteFinder:
         files = self._files
         while frame is not None:
             code = frame.f_code
-            try:
-                shown = files[code]
-            except KeyError:
+            known = files.get(id(code))
+            if known is not None:
+                shown = known[1]
+            else:
                 shown = (
                     None if _is_library(code.co_filename) else _display(code.co_filename, self._cwd)
                 )
                 with self._lock:
-                    files[code] = shown
+                    files[id(code)] = (code, shown)
             if shown is not None:
                 return f"{shown}:{frame.f_lineno} {code.co_name}"
             frame = frame.f_back
