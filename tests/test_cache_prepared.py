@@ -275,3 +275,20 @@ def test_misses_in_a_transaction_are_sent_as_text(items: Items):
             assert session.get_transaction() is not None
     assert cache.stats().misses == THRESHOLD + 2
     assert cache.stats().prepared == 0
+
+
+def test_a_new_connection_prepares_again(items: Items):
+    """The list of prepared statements lives in the pooled connection's ``info``, which
+    SQLAlchemy empties when it replaces the DB-API connection: the new one prepares
+    the statement again instead of failing over to text for good."""
+    cache, factory = items.cache()
+    item = items.model
+    stmt = select(item.label).where(item.id == bindparam("id")).options(cached())
+    for _ in range(THRESHOLD + 1):
+        _misses(cache, factory, stmt, {"id": 1})
+    with items.engine.connect() as conn:
+        conn.invalidate()  # the pool opens a new DB-API connection at the next checkout
+    for _ in range(2):
+        assert _misses(cache, factory, stmt, {"id": 2}) == [("two",)]
+    assert cache.stats().prepared == 3
+    assert len(items.prepared_here()) == 1

@@ -50,7 +50,7 @@ from sqlperf.cache.keys import Memo
 __all__ = ["PreparedStatements", "declared_type"]
 
 #: Where a pooled connection's prepared statements are listed: its pool record's
-#: ``info``, which lives as long as the DB-API connection does.
+#: ``info``, which SQLAlchemy empties whenever it replaces the DB-API connection.
 _REGISTRY = "sqlperf_prepared"
 #: psycopg2's placeholders: ``%(name)s``, ``%%`` (a literal ``%``), anything else
 #: (a lone ``%``, which the statement cannot have come through SQLAlchemy with).
@@ -158,10 +158,7 @@ class PreparedStatements:
             return False
         shape, types, name = found
         connection = cursor.connection
-        registry: tuple[Any, set[str]] | None = info.get(_REGISTRY)
-        if registry is None or registry[0] is not connection:
-            registry = info[_REGISTRY] = (connection, set())
-        prepared = registry[1]
+        prepared: set[str] = info.setdefault(_REGISTRY, set())
         if name not in prepared:
             if len(prepared) >= self.max_per_connection:
                 return False
