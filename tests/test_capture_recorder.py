@@ -322,6 +322,30 @@ def test_repeats_below_the_threshold_or_outside_a_scope_are_not_suspects(
         assert rec.records() == []
 
 
+def test_a_suspect_starts_at_its_first_run_and_sums_every_run(
+    sqlite_file_url: str, make_engine: MakeEngine
+):
+    # The record is built at the pair's second run (most statements run once in a
+    # scope and need none); its start and its total must still cover the first.
+    engine = make_engine(sqlite_file_url)
+    with QueryRecorder(n_plus_one=3, params="keep", stats_interval_s=None) as rec:
+        rec.attach(engine)
+        with engine.connect() as conn, rec.scope() as scope:
+            before_first = datetime.now(timezone.utc)
+            for i in range(4):
+                conn.execute(text("SELECT :i * 2"), {"i": i}).one()
+                if i == 0:
+                    after_first = datetime.now(timezone.utc)
+                    time.sleep(0.02)
+        (suspect,) = scope.suspects
+        assert before_first <= suspect.ts <= after_first
+        assert suspect.count == 4
+        row = next(r for r in rec.stats().fingerprints if r.fingerprint == "select ? * ?")
+        assert row.calls == 4
+        assert suspect.duration_ms == pytest.approx(row.total_ms)
+        assert json.loads(suspect.params or "") == [1]  # the second run's (qmark)
+
+
 # -- sinks, the queue, windows ---------------------------------------------------------------
 
 

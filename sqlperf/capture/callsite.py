@@ -5,17 +5,16 @@ A statement reaches the recorder's listener through many frames of SQLAlchemy
 developer wants is the first one below them: the line of the application that
 ran the query, or touched the lazy-loaded attribute.
 
-Whether a code object belongs to a library is decided once per code object and
-remembered, so a walk costs a dictionary lookup per frame (by the code object's id).
+Whether a file belongs to a library is decided once per file name and remembered,
+so a library frame costs a set lookup.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-import threading
 from pathlib import Path
-from types import CodeType, FrameType
+from types import FrameType
 
 import sqlalchemy
 
@@ -60,13 +59,12 @@ class CallSiteFinder:
     """
 
     def __init__(self) -> None:
-        # id(code object) -> (the code object, None (library) or the display name of its
-        # file). Keyed by id: a code object's own hash is not cached and covers its
-        # constants, 0.1-0.6 µs per frame of SQLAlchemy's, about 30 frames per statement.
-        # The value keeps the code object alive, so its id is never another's.
-        self._files: dict[int, tuple[CodeType, str | None]] = {}
+        # Decided once per file name: the library's files, and how the application's
+        # are shown. A file name's hash is cached in the string, so a library frame
+        # costs one set lookup; a code object's hash is not, and covers its constants.
+        self._library: set[str] = set()
+        self._shown: dict[str, str] = {}
         self._cwd = os.getcwd()
-        self._lock = threading.Lock()
 
     def find(self, skip: int = 1) -> str | None:
         """Return ``"file.py:LINE function"`` of the first application frame, or None.
@@ -75,19 +73,22 @@ class CallSiteFinder:
             skip: frames to leave out above the caller of ``find`` (0 includes it).
         """
         frame: FrameType | None = sys._getframe(skip)
-        files = self._files
+        library = self._library
         while frame is not None:
             code = frame.f_code
-            known = files.get(id(code))
-            if known is not None:
-                shown = known[1]
-            else:
-                shown = (
-                    None if _is_library(code.co_filename) else _display(code.co_filename, self._cwd)
-                )
-                with self._lock:
-                    files[id(code)] = (code, shown)
-            if shown is not None:
-                return f"{shown}:{frame.f_lineno} {code.co_name}"
+            filename = code.co_filename
+            if filename not in library:
+                shown = self._shown.get(filename) or self._classify(filename)
+                if shown is not None:
+                    return f"{shown}:{frame.f_lineno} {code.co_name}"
             frame = frame.f_back
         return None
+
+    def _classify(self, filename: str) -> str | None:
+        # Both containers only grow, and each write is one atomic operation: a
+        # thread that decides the same file at the same time writes the same thing.
+        if _is_library(filename):
+            self._library.add(filename)
+            return None
+        shown = self._shown[filename] = _display(filename, self._cwd)
+        return shown

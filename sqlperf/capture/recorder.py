@@ -319,12 +319,20 @@ def format_params(parameters: Any, mode: ParamsMode, *, executemany: bool) -> st
 
 @dataclass(slots=True)
 class _Repeat:
+    """One (fingerprint, call site) pair of a scope: its runs so far.
+
+    The record of a suspect is built at the pair's second run, not its first: most
+    statements run once in a scope, and building a record costs more than the rest
+    of the scope's bookkeeping together. ``wall`` keeps the start of the first run.
+    """
+
     count: int
     ns: int
-    first: _Pending
+    wall: float
+    first: _Pending | None = None
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Scope:
     """One unit of work (a web request, a job) whose statements are counted together.
 
@@ -579,8 +587,8 @@ class QueryRecorder:
                 handle_request()
             print(scope.queries, scope.db_ms, scope.suspects)
         """
-        current = Scope(request_id or os.urandom(8).hex(), {k: str(v) for k, v in tags.items()})
-        return _ScopeContext(self, current)
+        labels = {k: str(v) for k, v in tags.items()} if tags else {}
+        return _ScopeContext(self, Scope(request_id or os.urandom(8).hex(), labels))
 
     def count_cache_hits(self, cache: QueryCache) -> Callable[[], None]:
         """Count in the current scope the hits ``cache`` answers before any connection.
@@ -649,7 +657,7 @@ class QueryRecorder:
 
         put = self._writer.put
         pending = self._pending
-        in_scope = self._in_scope
+        find_site = self._sites.find
         comments = self.comments
 
         def before(  # noqa: PLR0917 - SQLAlchemy's signature
@@ -698,13 +706,13 @@ class QueryRecorder:
                 statement = getattr(context, _SQL, statement)
             entry = hot.get(statement) or resolve(statement)
             scope = scope_var.get()
+            outcome = getattr(context, _OUTCOME_ATTR, None)
             if sample == 1.0 or rand() < sample:
                 durations = entry[2]
                 durations.append(ns)
                 rowcount = cursor.rowcount
                 if rowcount is not None and rowcount > 0:
                     entry[3].append(rowcount)
-                outcome = getattr(context, _OUTCOME_ATTR, None)
                 if outcome is not None:
                     count_outcome(entry[1], outcome)
                 if len(durations) >= _FOLD:
@@ -712,19 +720,30 @@ class QueryRecorder:
             if ns >= slow_ns:
                 args = (info, conn, cursor, statement, parameters, context, executemany)
                 put(pending("slow", *args, entry[0], ns, scope))
-            if scope is not None:
-                in_scope(
-                    scope,
-                    info,
-                    conn,
-                    cursor,
-                    statement,
-                    parameters,
-                    context,
-                    executemany,
-                    entry[0],
-                    ns,
-                )
+            if scope is None:
+                return
+            # The scope's bookkeeping, here rather than in a method: it runs per statement.
+            scope.queries += 1
+            scope.db_ns += ns
+            if outcome == "hit":
+                scope.cache_hits += 1
+            if self.n_plus_one is None:
+                return
+            # find_site(3) starts above this listener and SQLAlchemy's dispatcher that
+            # called it: both are library frames.
+            site = find_site(3) if self.stack else None
+            key = (entry[0].id, site)
+            repeat = scope._repeats.get(key)
+            if repeat is None:
+                scope._repeats[key] = _Repeat(1, ns, time.time() - ns / 1e9)
+                return
+            repeat.count += 1
+            repeat.ns += ns
+            if repeat.first is None:
+                args = (info, conn, cursor, statement, parameters, context, executemany)
+                first = pending("n_plus_one", *args, entry[0], ns, scope, call_site=site)
+                first.wall = repeat.wall
+                repeat.first = first
 
         def on_error(ctx: ExceptionContext) -> None:
             context: Any = ctx.execution_context
@@ -845,56 +864,14 @@ class QueryRecorder:
             explain=self.explain and kind == "slow" and fp.is_select and not executemany,
         )
 
-    def _in_scope(  # noqa: PLR0917 - the listener's arguments, passed on
-        self,
-        scope: Scope,
-        info: _EngineInfo,
-        conn: Connection,
-        cursor: Any,
-        statement: str,
-        parameters: Any,
-        context: Any,
-        executemany: bool,
-        fp: Fingerprint,
-        ns: int,
-    ) -> None:
-        scope.queries += 1
-        scope.db_ns += ns
-        if cache_outcome(context) == "hit":
-            scope.cache_hits += 1
-        if self.n_plus_one is None:
-            return
-        site = self._sites.find() if self.stack else None
-        key = (fp.id, site)
-        repeat = scope._repeats.get(key)
-        if repeat is None:
-            first = self._pending(
-                "n_plus_one",
-                info,
-                conn,
-                cursor,
-                statement,
-                parameters,
-                context,
-                executemany,
-                fp,
-                ns,
-                scope,
-                call_site=site,
-            )
-            scope._repeats[key] = _Repeat(1, ns, first)
-        else:
-            repeat.count += 1
-            repeat.ns += ns
-
     def _close_scope(self, scope: Scope) -> None:
         threshold = self.n_plus_one
-        if threshold is None:
+        if threshold is None or not scope._repeats:
             return
         for repeat in scope._repeats.values():
-            if repeat.count < threshold:
-                continue
             pending = repeat.first
+            if repeat.count < threshold or pending is None:  # None: a single run
+                continue
             pending.count = repeat.count
             pending.ns = repeat.ns
             pending.explain = False
