@@ -155,13 +155,15 @@ def server_timing(scope: Scope) -> str:
         'db;dur=2.500;desc="3 queries", cache;desc="1 hits"'
     """
     return (
-        f'db;dur={scope.db_ms:.3f};desc="{scope.queries} queries", '
+        f'db;dur={scope.db_ns / 1e6:.3f};desc="{scope.queries} queries", '
         f'cache;desc="{scope.cache_hits} hits"'
     )
 
 
 def merge_server_timing(existing: Sequence[str], ours: str) -> str:
     """``ours`` appended to the ``Server-Timing`` values the application already set."""
+    if not existing:
+        return ours
     return ", ".join([*(v.strip() for v in existing if v.strip()), ours])
 
 
@@ -445,7 +447,7 @@ class RequestState:
             self._scope_context = None
             if context is not None:
                 context.__exit__(None, None, None)
-            if scope is not None:
+            if scope is not None and scope.suspects:
                 log_suspects(scope)
 
 

@@ -31,7 +31,6 @@ from typing import Any
 
 try:
     import anyio
-    from starlette.datastructures import MutableHeaders
     from starlette.requests import Request
     from starlette.types import ASGIApp, Message, Receive, Send
     from starlette.types import Scope as ASGIScope
@@ -51,6 +50,7 @@ from sqlperf.exceptions import ConfigurationError
 from sqlperf.integrations import _threads
 from sqlperf.integrations._request import (
     REQUEST_ID_HEADER,
+    SERVER_TIMING_HEADER,
     Integration,
     RequestState,
 )
@@ -58,6 +58,8 @@ from sqlperf.integrations._threads import WorkerThreads, run_in_thread, to_threa
 from sqlperf.routing import RoutingSession
 
 __all__ = ["SqlperfMiddleware", "routing_session", "run_in_thread"]
+
+_SERVER_TIMING = SERVER_TIMING_HEADER.lower().encode("latin-1")
 
 #: Where the middleware leaves the request's state: ``scope["state"][STATE_KEY]``
 #: (``request.state.sqlperf_request`` in Starlette).
@@ -218,10 +220,21 @@ async def _add_headers(state: RequestState, message: Message) -> Message:
         token = await to_thread(state.outgoing_token)
     else:
         token = state.outgoing_token()  # in memory
-    message = {**message, "headers": list(message.get("headers", ()))}
-    headers = MutableHeaders(scope=message)
-    state.write_headers(headers, token, add=headers.append)
-    return message
+    raw: list[tuple[bytes, bytes]] = list(message.get("headers", ()))
+    # ASGI header names are lower case. One pass over the raw list, rather than
+    # Starlette's MutableHeaders (one pass per header set): this runs per response.
+    app_timing = [v.decode("latin-1") for k, v in raw if k == _SERVER_TIMING]
+    extra = state.response_headers(app_timing, token)
+    ours = [(_encode_name(name), value.encode("latin-1")) for name, value in extra.replace]
+    replaced = {name for name, _ in ours}
+    headers = [item for item in raw if item[0] not in replaced]
+    headers += ours
+    headers += [(_encode_name(name), value.encode("latin-1")) for name, value in extra.append]
+    return {**message, "headers": headers}
+
+
+def _encode_name(name: str) -> bytes:
+    return name.lower().encode("latin-1")
 
 
 async def routing_session(request: Request) -> RoutingSession:
