@@ -908,6 +908,10 @@ def _run(  # noqa: PLR0915 - the demo's one story, told in order
     total_ops = sum(op.count for op in operations)
     errors = sum(op.errors for op in operations)
     first_error = next((log.first_error for log in logs if log.first_error), None)
+    # The recorder's writer borrows a connection of this engine for its database sink
+    # and its EXPLAINs: let it finish what the workload queued, so that the pool's
+    # status shows the workload's own connections (all of them back).
+    recorder.flush()
     status = pool_status(engine)
     budget = check_pool_budget(engine, workers=workers)
     on_primary = routing_stats(engine)
