@@ -195,7 +195,7 @@ def log_suspects(scope: Scope) -> None:
 
 class HeadersLike(Protocol):
     """The part of a response's header mapping that :meth:`RequestState.write_headers` uses
-    (werkzeug's ``Headers``, Starlette's ``MutableHeaders``)."""
+    (werkzeug's ``Headers``; the ASGI middleware writes the raw header list itself)."""
 
     def getlist(self, key: str) -> list[str]: ...
 
@@ -407,7 +407,7 @@ class RequestState:
         self, headers: HeadersLike, token: str | None, *, add: Callable[[str, str], None]
     ) -> None:
         """Write :meth:`response_headers` into a framework's mutable ``headers``;
-        ``add`` appends one header line (``Headers.add``, ``MutableHeaders.append``)."""
+        ``add`` appends one header line (werkzeug's ``Headers.add``)."""
         extra = self.response_headers(headers.getlist(SERVER_TIMING_HEADER), token)
         for name, value in extra.replace:
             headers[name] = value
