@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import os
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -71,6 +72,15 @@ def _probe(name: str) -> str | None:
             engine.dispose()
     except Exception:
         return None
+
+
+def wait_until(condition: Callable[[], bool], what: str, deadline_s: float = 5.0) -> None:
+    """Poll ``condition`` until it holds; fail (not hang) after ``deadline_s``."""
+    end = time.monotonic() + deadline_s
+    while not condition():
+        if time.monotonic() > end:
+            pytest.fail(f"timed out after {deadline_s} s waiting until {what}")
+        time.sleep(0.005)
 
 
 @contextmanager

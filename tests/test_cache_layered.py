@@ -22,17 +22,9 @@ from sqlperf.cache.options import cached
 from sqlperf.cache.query_cache import QueryCache
 from sqlperf.exceptions import ConfigurationError
 from tests.cache_conformance import BackendConformance
+from tests.conftest import wait_until
 
 DEADLINE_S = 5.0
-
-
-def wait_until(condition: Callable[[], bool], what: str, deadline_s: float = DEADLINE_S) -> None:
-    """Poll ``condition`` until it holds; fail (not hang) after ``deadline_s``."""
-    end = time.monotonic() + deadline_s
-    while not condition():
-        if time.monotonic() > end:
-            pytest.fail(f"timed out after {deadline_s} s waiting until {what}")
-        time.sleep(0.005)
 
 
 @pytest.fixture(autouse=True)

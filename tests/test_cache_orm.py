@@ -59,7 +59,7 @@ from sqlperf.cache import (
 )
 from sqlperf.cache.backends import CacheBackend
 from sqlperf.cache.payload import PayloadCodec
-from tests.conftest import cyclic_garbage, require
+from tests.conftest import cyclic_garbage, require, wait_until
 
 MakeEngine = Callable[..., Engine]
 _AT = datetime(2026, 11, 22, 9, 30, 15)
@@ -569,9 +569,13 @@ def test_answer_locally_reads_a_layered_backends_memory_level(
     backend = LayeredBackend(remote)
     cache = QueryCache(backend, ttl=60).install(factory)
     stmt = select(user).where(user.id == 1).options(cached())
+    # L1 takes copies only once its invalidation subscription is confirmed, which its
+    # thread does on its own time: without this wait the copies below may be skipped.
+    wait_until(lambda: backend.local_usable, "the subscription is confirmed")
     try:
         with factory() as s:
-            s.execute(stmt).scalar_one()  # stored in Redis
+            s.execute(stmt).scalar_one()  # stored in Redis (and in L1)
+        backend.local.clear()  # as in another process: the entry is in Redis only
         with factory() as s:
             assert cache.answer_locally(s, stmt) is None  # only in Redis so far
             s.execute(stmt).scalar_one()  # a Redis hit, copied into the memory level
